@@ -1,0 +1,44 @@
+# Build the BPF objects (CO-RE, against a vmlinux.h generated from the running
+# kernel's BTF), run the tests, install the build tools.
+BUILD    ?= build
+CLANG    ?= clang
+BPFTOOL  ?= bpftool
+PYTHON   ?= python3
+ARCH     := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
+BPFFLAGS := -O2 -g -target bpf -D__TARGET_ARCH_$(ARCH) -I$(BUILD) -Ibpf -Wall -Wno-unused-function
+
+BPF_OBJS  := $(patsubst bpf/%.bpf.c,$(BUILD)/%.bpf.o,$(wildcard bpf/*.bpf.c))
+TEST_OBJS := $(patsubst tests/bpf/%.bpf.c,$(BUILD)/tests/%.bpf.o,$(wildcard tests/bpf/*.bpf.c))
+DEB_TOOLS := clang llvm libbpf-dev bpftool make python3-pytest
+
+.PHONY: all test-objs test deps clean bench-loader
+all: $(BPF_OBJS)
+test-objs: $(TEST_OBJS)
+
+$(BUILD)/vmlinux.h:
+	@mkdir -p $(@D)
+	$(BPFTOOL) btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp
+	mv $@.tmp $@
+
+$(BUILD)/%.bpf.o: bpf/%.bpf.c $(BUILD)/vmlinux.h $(wildcard bpf/*.h)
+	$(CLANG) $(BPFFLAGS) -c $< -o $@
+
+$(BUILD)/tests/%.bpf.o: tests/bpf/%.bpf.c $(BUILD)/vmlinux.h $(wildcard tests/bpf/*.h)
+	@mkdir -p $(@D)
+	$(CLANG) $(BPFFLAGS) -Itests/bpf -c $< -o $@
+
+test: all test-objs
+	$(PYTHON) -m pytest -q tests
+
+bench-loader: all
+	$(PYTHON) bench/loader
+
+# Debian build/test tools; a no-op when all are present.
+deps:
+	@missing=$$(for p in $(DEB_TOOLS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+clean:
+	rm -rf $(BUILD)
