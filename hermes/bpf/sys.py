@@ -140,6 +140,7 @@ BPF_PROG_TYPE_SYSCALL = 31
 BPF_PROG_TYPE_NETFILTER = 32            # Linux 6.4
 
 # --- attach types (enum bpf_attach_type) ---------------------------------------
+_before_attach = set(globals())
 BPF_CGROUP_INET_INGRESS = 0
 BPF_CGROUP_INET_EGRESS = 1
 BPF_CGROUP_INET_SOCK_CREATE = 2
@@ -197,6 +198,8 @@ BPF_CGROUP_UNIX_GETSOCKNAME = 53
 BPF_NETKIT_PRIMARY = 54                 # Linux 6.7
 BPF_NETKIT_PEER = 55
 BPF_TRACE_KPROBE_SESSION = 56           # Linux 6.10
+
+ATTACH_NAMES = {globals()[k]: k for k in set(globals()) - _before_attach if k.startswith("BPF_")}
 
 # --- flags -----------------------------------------------------------------
 # BPF_MAP_UPDATE_ELEM

@@ -1,0 +1,202 @@
+// SPDX-License-Identifier: GPL-2.0
+/* The Hermes dispatcher: pick a listening socket for each new connection from the
+ * eligibility bitmap that the workers' schedulers write (paper Algorithm 2), with
+ * two guards the paper lacks: the chosen worker's own slot is re-checked for a hang,
+ * and a bitmap no scheduler has refreshed lately is ignored.  Every failure path
+ * returns SK_PASS without selecting, so the kernel's reuseport hash decides: the
+ * dispatcher never drops a connection.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include "hermes_layout.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_REUSEPORT_SOCKARRAY);
+	__uint(max_entries, HERMES_MAX_WORKERS);
+	__type(key, __u32);
+	__type(value, __u64);
+} hermes_socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, HERMES_MAX_WORKERS);
+	__type(key, __u32);
+	__type(value, struct hermes_slot);
+} hermes_wst SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct hermes_sched);
+} hermes_sched SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HERMES_STATS_ENTRIES);
+	__type(key, __u32);
+	__type(value, __u64);
+} hermes_stats SEC(".maps");
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&hermes_stats, &idx);
+
+	if (v)
+		*v += 1;   /* per-CPU: no atomics needed */
+}
+
+static __always_inline int fallback(enum hermes_stat why)
+{
+	count(HERMES_MAX_WORKERS + why);
+	return SK_PASS;
+}
+
+static __always_inline __u32 popcount(__u64 x)
+{
+	x = x - ((x >> 1) & 0x5555555555555555ULL);
+	x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+	x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
+	return (x * 0x0101010101010101ULL) >> 56;
+}
+
+/* Position of the n-th (0-based) set bit of m; n < popcount(m). */
+static __always_inline __u32 nth_set_bit(__u64 m, __u32 n)
+{
+	__u32 pos = 0, c;
+
+#define HERMES_STEP(w)                                          \
+	c = popcount(m & ((1ULL << (w)) - 1));                  \
+	if (n >= c) {                                           \
+		n -= c;                                         \
+		m >>= (w);                                      \
+		pos += (w);                                     \
+	}
+	HERMES_STEP(32) HERMES_STEP(16) HERMES_STEP(8)
+	HERMES_STEP(4) HERMES_STEP(2) HERMES_STEP(1)
+#undef HERMES_STEP
+	return pos;
+}
+
+/* The kernel's reciprocal_scale(): map a 32-bit hash onto [0, n). */
+static __always_inline __u32 scale(__u32 hash, __u32 n)
+{
+	return ((__u64)hash * n) >> 32;
+}
+
+static __always_inline __u32 mix(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x7feb352d;
+	h ^= h >> 15;
+	h *= 0x846ca68b;
+	h ^= h >> 16;
+	return h;
+}
+
+/* Destination address and port of the SYN, for cache-locality grouping. */
+static __always_inline __u32 locality_hash(struct sk_reuseport_md *md)
+{
+	__u32 h = 0;
+	__u16 dport = 0;
+	__u8 ver = 0;
+
+	if (bpf_skb_load_bytes_relative(md, 0, &ver, 1, BPF_HDR_START_NET))
+		return md->hash;
+	if ((ver >> 4) == 4) {
+		__u32 daddr = 0;
+		__u32 ihl = (ver & 0xf) * 4;
+
+		bpf_skb_load_bytes_relative(md, 16, &daddr, 4, BPF_HDR_START_NET);
+		if (ihl >= 20 && ihl <= 60)
+			bpf_skb_load_bytes_relative(md, ihl + 2, &dport, 2, BPF_HDR_START_NET);
+		h = daddr;
+	} else {
+		__u32 daddr[4] = {};
+
+		bpf_skb_load_bytes_relative(md, 24, daddr, 16, BPF_HDR_START_NET);
+		bpf_skb_load_bytes_relative(md, 40 + 2, &dport, 2, BPF_HDR_START_NET);
+		h = daddr[0] ^ daddr[1] ^ daddr[2] ^ daddr[3];
+	}
+	return mix(h ^ ((__u32)dport << 16));
+}
+
+static __always_inline int dispatch(struct sk_reuseport_md *md, int migrating)
+{
+	__u32 zero = 0, g, n, worker, i;
+	struct hermes_sched *s;
+	struct hermes_slot *slot;
+	__u64 bitmap, now, ngroups;
+	enum hermes_stat why = HERMES_STAT_FEW;
+
+	s = bpf_map_lookup_elem(&hermes_sched, &zero);
+	if (!s || s->policy.layout != HERMES_LAYOUT)
+		return fallback(HERMES_STAT_NO_STATE);
+	ngroups = s->policy.nr_groups;
+	if (ngroups == 0 || ngroups > HERMES_MAX_GROUPS)
+		return fallback(HERMES_STAT_NO_STATE);
+
+	g = 0;
+	if (ngroups > 1) {
+		__u32 h = s->policy.group_mode == HERMES_GROUP_BY_LOCALITY ?
+			  locality_hash(md) : mix(md->hash);
+		g = scale(h, ngroups);
+	}
+	if (g >= HERMES_MAX_GROUPS)
+		return fallback(HERMES_STAT_NO_STATE);
+
+	now = bpf_ktime_get_ns();
+	if (now - s->group[g].stamp_ns > s->policy.stale_limit_ns)
+		return fallback(HERMES_STAT_STALE);
+	bitmap = s->group[g].bitmap;
+
+	for (i = 0; i < HERMES_MAX_RECHECKS; i++) {
+		__u32 bit;
+
+		n = popcount(bitmap);
+		if (n < 2)
+			return fallback(why);
+		bit = nth_set_bit(bitmap, scale(md->hash, n));
+		worker = g * HERMES_GROUP_SIZE + bit;
+		slot = bpf_map_lookup_elem(&hermes_wst, &worker);
+		if (slot) {
+			__u64 busy = slot->busy_since_ns;
+
+			/* The kernel's own hang check: no need to wait for a scheduler turn. */
+			if (busy && now > busy && now - busy > s->policy.hang_threshold_ns) {
+				count(HERMES_MAX_WORKERS + HERMES_STAT_RECHECK);
+				why = HERMES_STAT_HUNG;
+				bitmap &= ~(1ULL << bit);
+				continue;
+			}
+		}
+		if (bpf_sk_select_reuseport(md, &hermes_socks, &worker, 0)) {
+			/* No socket there (closing listener, empty slot): try another. */
+			why = HERMES_STAT_NO_SOCKET;
+			bitmap &= ~(1ULL << bit);
+			continue;
+		}
+		count(worker);
+		count(HERMES_MAX_WORKERS + (migrating ? HERMES_STAT_MIGRATED : HERMES_STAT_SELECTED));
+		return SK_PASS;
+	}
+	return fallback(why);
+}
+
+SEC("sk_reuseport")
+int hermes_select(struct sk_reuseport_md *md)
+{
+	return dispatch(md, 0);
+}
+
+/* Linux 5.14: also called with md->migrating_sk set when a listener closes
+ * (net.ipv4.tcp_migrate_req=1), to move its queued requests to a live one. */
+SEC("sk_reuseport/migrate")
+int hermes_migrate(struct sk_reuseport_md *md)
+{
+	return dispatch(md, md->migrating_sk != 0);
+}
+
+char LICENSE[] SEC("license") = "GPL";
