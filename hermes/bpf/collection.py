@@ -8,7 +8,6 @@ everything already created.
 
 import errno
 import os
-import re
 import struct
 
 from . import btf as _btf
@@ -20,8 +19,8 @@ from .maps import Map
 from .prog import Program
 
 _IMM = struct.Struct("<i")
-# libbpf's poison: a call to a helper id no kernel has (relo_core.c, 0xbad2310).
-_POISON_LINE = re.compile(r"^(\d+): \(85\) call unknown#195896080")
+# How the verifier prints libbpf's poison, a call to helper 0xbad2310 (core.POISON_IMM).
+_POISON_CALL = ": (85) call unknown#%d" % _core.POISON_IMM
 
 
 class Collection:
@@ -218,10 +217,9 @@ def _poison_hint(log, poisons):
     """Name the CO-RE relocation behind a poisoned instruction the verifier hit."""
     why = {p.insn_idx: p.reason for p in poisons}
     for line in log.splitlines():
-        m = _POISON_LINE.match(line)
-        if m and int(m.group(1)) in why:
-            return "instruction %s uses a failed CO-RE relocation: %s" % (
-                m.group(1), why[int(m.group(1))])
+        idx, sep, rest = line.partition(":")
+        if sep and idx.isdigit() and line.startswith(idx + _POISON_CALL) and int(idx) in why:
+            return "instruction %s uses a failed CO-RE relocation: %s" % (idx, why[int(idx)])
     return ""
 
 

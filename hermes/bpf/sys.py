@@ -9,7 +9,7 @@ Pointers are passed as u64 (__aligned_u64).
 
 import ctypes
 import errno as _errno
-import platform
+import os
 
 from .asm import (  # noqa: F401 -- re-exported: the linker's opcode vocabulary
     BPF_LD, BPF_LDX, BPF_ST, BPF_STX, BPF_ALU, BPF_JMP, BPF_JMP32, BPF_ALU64,
@@ -407,7 +407,7 @@ class BtfInfo(ctypes.Structure):
 INFOS = (MapInfo, ProgInfo, BtfInfo)
 
 # --- the syscall -----------------------------------------------------------------
-_NR_BPF = {"x86_64": 321, "aarch64": 280, "arm64": 280}.get(platform.machine())
+_NR_BPF = {"x86_64": 321, "aarch64": 280, "arm64": 280}.get(os.uname().machine)
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
@@ -426,7 +426,7 @@ def bpf(cmd, attr, op=None):
     """
     if _NR_BPF is None:
         raise SyscallError(op or "bpf", _errno.ENOSYS, "bpf(2) number unknown for " +
-                           platform.machine())
+                           os.uname().machine)
     ptr, size = ctypes.addressof(attr), ctypes.sizeof(attr)
     tries = 0
     while True:
