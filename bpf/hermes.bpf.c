@@ -10,6 +10,17 @@
 #include <bpf/bpf_helpers.h>
 #include "hermes_layout.h"
 
+/* Layout constants, exported through .rodata so that userspace reads them from
+ * this object instead of restating them (C macros do not reach BTF). */
+const volatile __u64 hermes_layout = HERMES_LAYOUT;
+const volatile __u64 hermes_group_size = HERMES_GROUP_SIZE;
+const volatile __u64 hermes_max_groups = HERMES_MAX_GROUPS;
+const volatile __u64 hermes_max_rechecks = HERMES_MAX_RECHECKS;
+/* Not read here: they carry the enums' definitions into BTF for userspace. */
+const volatile enum hermes_stat hermes_abi_stat = HERMES_STAT_MAX;
+const volatile enum hermes_slot_flag hermes_abi_slot_flag = HERMES_SLOT_DRAINING;
+const volatile enum hermes_group_mode hermes_abi_group_mode = HERMES_GROUP_BY_HASH;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_REUSEPORT_SOCKARRAY);
 	__uint(max_entries, HERMES_MAX_WORKERS);
@@ -132,7 +143,7 @@ static __always_inline int dispatch(struct sk_reuseport_md *md, int migrating)
 	enum hermes_stat why = HERMES_STAT_FEW;
 
 	s = bpf_map_lookup_elem(&hermes_sched, &zero);
-	if (!s || s->policy.layout != HERMES_LAYOUT)
+	if (!s || s->policy.layout != hermes_layout)
 		return fallback(HERMES_STAT_NO_STATE);
 	ngroups = s->policy.nr_groups;
 	if (ngroups == 0 || ngroups > HERMES_MAX_GROUPS)
@@ -148,9 +159,18 @@ static __always_inline int dispatch(struct sk_reuseport_md *md, int migrating)
 		return fallback(HERMES_STAT_NO_STATE);
 
 	now = bpf_ktime_get_ns();
-	if (now - s->group[g].stamp_ns > s->policy.stale_limit_ns)
-		return fallback(HERMES_STAT_STALE);
 	bitmap = s->group[g].bitmap;
+	if (now - s->group[g].stamp_ns > s->policy.stale_limit_ns) {
+		/* No scheduler turned lately (all idle, or none instrumented): ignore the
+		 * bitmap and take the whole group, still re-checking each pick below. */
+		__u64 first = (__u64)g * HERMES_GROUP_SIZE, in_group;
+
+		count(HERMES_MAX_WORKERS + HERMES_STAT_STALE);
+		if (s->policy.nr_workers <= first)
+			return fallback(HERMES_STAT_NO_STATE);
+		in_group = s->policy.nr_workers - first;
+		bitmap = in_group >= 64 ? ~0ULL : (1ULL << in_group) - 1;
+	}
 
 	for (i = 0; i < HERMES_MAX_RECHECKS; i++) {
 		__u32 bit;

@@ -34,8 +34,12 @@ struct hermes_slot {
 	__u64 layout;          /* HERMES_LAYOUT, written when the worker attaches */
 };
 
-#define HERMES_SLOT_DRAINING  1ULL  /* take no new connections */
-#define HERMES_SLOT_OBSERVED  2ULL  /* published by the launcher for an unmodified worker */
+/* Enums rather than macros from here on: enums reach the object's BTF, where the
+ * Python side reads them. */
+enum hermes_slot_flag {
+	HERMES_SLOT_DRAINING = 1,   /* take no new connections */
+	HERMES_SLOT_OBSERVED = 2,   /* published by the launcher for an unmodified worker */
+};
 
 /* Run-time policy; written by the launcher and hermesctl, read by everyone. */
 struct hermes_policy {
@@ -49,8 +53,10 @@ struct hermes_policy {
 	__u64 reserved;
 };
 
-#define HERMES_GROUP_BY_HASH      0   /* 4-tuple hash */
-#define HERMES_GROUP_BY_LOCALITY  1   /* destination address and port */
+enum hermes_group_mode {
+	HERMES_GROUP_BY_HASH = 0,      /* 4-tuple hash */
+	HERMES_GROUP_BY_LOCALITY = 1,  /* destination address and port */
+};
 
 /* One group's eligibility bitmap and when a scheduler last wrote it. */
 struct hermes_group {
@@ -68,7 +74,7 @@ struct hermes_sched {
 enum hermes_stat {
 	HERMES_STAT_SELECTED = 0,   /* a worker was chosen from the bitmap */
 	HERMES_STAT_NO_STATE,       /* no policy/layout yet: kernel hash */
-	HERMES_STAT_STALE,          /* bitmap too old: kernel hash */
+	HERMES_STAT_STALE,          /* bitmap too old: whole group, re-checked */
 	HERMES_STAT_FEW,            /* fewer than two eligible: kernel hash */
 	HERMES_STAT_HUNG,           /* rechecks exhausted: kernel hash */
 	HERMES_STAT_NO_SOCKET,      /* chosen slot had no socket: kernel hash */

@@ -1,0 +1,99 @@
+"""The kernel side of a pool: the dispatcher loaded, its state, and the sockets.
+
+One Dispatcher per pool: it loads bpf/hermes.bpf.o with the project's loader,
+initialises the policy, and puts one listening socket per worker slot into the
+REUSEPORT_SOCKARRAY, attaching the program to their reuseport group.  The
+launcher uses it; so do tests that need a pool without a launcher.
+"""
+
+import os
+import socket
+
+from .bpf import NotSupported, SyscallError, features, load_collection
+from .layout import Layout
+from .state import ENV_OBJ, ENV_SCHED_FD, ENV_SLOT, ENV_WST_FD, SharedState
+
+SO_ATTACH_REUSEPORT_EBPF = 52   # asm-generic/socket.h, Linux 4.6
+SO_DETACH_REUSEPORT_BPF = 68    # Linux 5.14
+
+
+def has_migrate():
+    """sk_reuseport/migrate needs Linux 5.14 (BPF_SK_REUSEPORT_SELECT_OR_MIGRATE)."""
+    return features.kernel_release() >= (5, 14)
+
+
+class Dispatcher:
+    def __init__(self, nr_workers, obj=None, migrate=None, **policy):
+        self.layout = Layout.load(obj)
+        self.coll = load_collection(self.layout.spec)
+        try:
+            self.state = SharedState.from_collection(self.layout, self.coll)
+            self.state.init_policy(nr_workers, **policy)
+            self.migrate = has_migrate() if migrate is None else migrate
+            if self.migrate and not has_migrate():
+                raise NotSupported("sk_reuseport/migrate", "5.14")
+            self.prog = self.coll.programs["hermes_migrate" if self.migrate else "hermes_select"]
+        except BaseException:
+            self.coll.close()
+            raise
+        self.nr_workers = nr_workers
+        self.sockets = {}          # slot -> socket
+
+    def close(self):
+        for s in self.sockets.values():
+            s.close()
+        self.sockets.clear()
+        self.state.wst.release()
+        self.state.sched.release()
+        self.coll.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- sockets -----------------------------------------------------------------------
+    def listen(self, host="127.0.0.1", port=0, backlog=1024, slots=None):
+        """One SO_REUSEPORT listener per slot on (host, port); returns the port."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        for slot in (range(self.nr_workers) if slots is None else slots):
+            s = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                s.bind((host, port))
+                s.listen(backlog)
+                port = s.getsockname()[1]
+                self.add_socket(slot, s)
+            except BaseException:
+                s.close()
+                raise
+        return port
+
+    def add_socket(self, slot, sock):
+        """Put a bound SO_REUSEPORT socket in slot `slot` and steer its group."""
+        if not 0 <= slot < self.nr_workers:
+            raise ValueError("slot %d outside the pool of %d" % (slot, self.nr_workers))
+        self.coll.maps["hermes_socks"].update(slot.to_bytes(4, "little"),
+                                              sock.fileno().to_bytes(8, "little"))
+        # The program belongs to the reuseport group: attaching on any member
+        # (re)sets it for all.
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_EBPF, self.prog.fd)
+        self.sockets[slot] = sock
+
+    def remove_socket(self, slot):
+        """Forget slot's socket (the caller closes it)."""
+        self.sockets.pop(slot, None)
+        try:
+            self.coll.maps["hermes_socks"].delete(slot.to_bytes(4, "little"))
+        except SyscallError:
+            pass            # a closed socket leaves the array by itself
+
+    # --- workers -----------------------------------------------------------------------
+    def worker_env(self, slot):
+        """(environment, fds to pass) for a worker process in `slot`."""
+        wst, sched = self.coll.maps["hermes_wst"], self.coll.maps["hermes_sched"]
+        env = {ENV_SLOT: str(slot), ENV_WST_FD: str(wst.fd), ENV_SCHED_FD: str(sched.fd),
+               ENV_OBJ: os.path.abspath(self.layout.path)}
+        return env, (wst.fd, sched.fd)
