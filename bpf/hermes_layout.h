@@ -58,11 +58,13 @@ enum hermes_group_mode {
 	HERMES_GROUP_BY_LOCALITY = 1,  /* destination address and port */
 };
 
-/* One group's eligibility bitmap and when a scheduler last wrote it. */
+/* One group's eligibility bitmap and when a scheduler last wrote it (any worker
+ * of the group), and the operator's drain mask (the launcher is its one writer). */
 struct hermes_group {
 	__u64 bitmap;
 	__u64 stamp_ns;
-	__u64 pad[6];             /* own cache line: groups are written by different workers */
+	__u64 drain_mask;         /* workers taken out by `hermesctl drain` */
+	__u64 pad[5];             /* own cache line: groups are written by different workers */
 };
 
 struct hermes_sched {

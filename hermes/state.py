@@ -123,6 +123,18 @@ class SharedState:
     def stamp_ns(self, g):
         return self.sched[self.layout.group_word(g, "stamp_ns")]
 
+    def set_drained(self, slot, drained):
+        """Take a worker out of (or back into) dispatch; the launcher is the one writer."""
+        lay = self.layout
+        w = lay.group_word(slot // lay.group_size, "drain_mask")
+        bit = 1 << (slot % lay.group_size)
+        self.sched[w] = (self.sched[w] | bit) if drained else (self.sched[w] & ~bit)
+
+    def drained(self, slot):
+        lay = self.layout
+        return bool(self.sched[lay.group_word(slot // lay.group_size, "drain_mask")]
+                    >> (slot % lay.group_size) & 1)
+
     def stats(self):
         """Kernel counters summed over CPUs: (dispatched per slot, {reason: n})."""
         lay = self.layout

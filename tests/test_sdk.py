@@ -197,3 +197,13 @@ def test_asyncio_instrument(pool):
 
     assert asyncio.run(main()) >= 1
     assert pool.state.slot(0)["heartbeat_ns"] > 0
+
+
+def test_operator_drain_mask(pool):
+    from hermes.sdk.scheduler import Scheduler
+    workers(pool)
+    pool.state.set_drained(5, True)
+    assert pool.state.drained(5)
+    assert bits(Scheduler(pool.state, 0).compute(NOW)) == set(range(8)) - {5}
+    pool.state.set_drained(5, False)
+    assert bits(Scheduler(pool.state, 0).compute(NOW)) == set(range(8))

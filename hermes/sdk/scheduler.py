@@ -1,7 +1,8 @@
 """The scheduler (the paper's Algorithm 1), run by every worker for its group.
 
 A cascade of filters over the group's workers, written as one bitmap store:
-  1. attached, not draining, and not busy past the hang threshold;
+  1. attached, not draining (itself or by the operator's drain mask), and not
+     busy past the hang threshold;
   2. connections <= avg * (1 + θ);
   3. pending events <= avg * (1 + θ).
 The paper writes `< avg + θ`; with "<=" a group where every count is equal (say,
@@ -14,7 +15,8 @@ class Scheduler:
     """Computes and publishes one group's bitmap from the mmap'd state."""
 
     __slots__ = ("wst", "sched", "lo", "hi", "stride", "busy", "conns", "pending", "flags",
-                 "lay", "value", "draining", "w_bitmap", "w_stamp", "w_thresh", "w_theta")
+                 "lay", "value", "draining", "w_bitmap", "w_stamp", "w_drain", "w_thresh",
+                 "w_theta")
 
     def __init__(self, state, group):
         lay = state.layout
@@ -30,6 +32,7 @@ class Scheduler:
         self.draining = lay.DRAINING
         self.w_bitmap = lay.group_word(group, "bitmap")
         self.w_stamp = lay.group_word(group, "stamp_ns")
+        self.w_drain = lay.group_word(group, "drain_mask")
         self.w_thresh = lay.policy_word("hang_threshold_ns")
         self.w_theta = lay.policy_word("theta_permille")
 
@@ -42,9 +45,10 @@ class Scheduler:
         flags = words[self.flags::s]
         lays = words[self.lay::s]
         value, draining = self.value, self.draining
+        drained = self.sched[self.w_drain]
         # A timestamp from the future (clock skew, garbage) is not a hang.
         alive = [i for i, b in enumerate(busy)
-                 if lays[i] == value and not flags[i] & draining
+                 if lays[i] == value and not flags[i] & draining and not drained >> i & 1
                  and (b == 0 or now <= b or now - b < thresh)]
         if len(alive) > 1:
             k = 1000 + self.sched[self.w_theta]
