@@ -22,13 +22,28 @@ def has_migrate():
     return features.kernel_release() >= (5, 14)
 
 
+SHARED_MAPS = ("hermes_wst", "hermes_sched", "hermes_stats")
+
+
 class Dispatcher:
-    def __init__(self, nr_workers, obj=None, migrate=None, **policy):
-        self.layout = Layout.load(obj)
-        self.coll = load_collection(self.layout.spec)
+    """One reuseport group (one listening address) steered by the dispatcher.
+
+    share=another Dispatcher makes this one use its Worker Status Table, policy
+    and counters: one pool of workers serving several addresses.
+    """
+
+    def __init__(self, nr_workers, obj=None, migrate=None, share=None, **policy):
+        if share is not None:
+            self.layout = share.layout
+            self.coll = load_collection(self.layout.spec, maps={
+                n: share.coll.maps[n] for n in SHARED_MAPS})
+        else:
+            self.layout = Layout.load(obj)
+            self.coll = load_collection(self.layout.spec)
         try:
             self.state = SharedState.from_collection(self.layout, self.coll)
-            self.state.init_policy(nr_workers, **policy)
+            if share is None:
+                self.state.init_policy(nr_workers, **policy)
             self.migrate = has_migrate() if migrate is None else migrate
             if self.migrate and not has_migrate():
                 raise NotSupported("sk_reuseport/migrate", "5.14")
@@ -89,6 +104,11 @@ class Dispatcher:
             self.coll.maps["hermes_socks"].delete(slot.to_bytes(4, "little"))
         except SyscallError:
             pass            # a closed socket leaves the array by itself
+
+    def resize(self, n):
+        """Grow or shrink the pool (TTIN/TTOU); the state is shared, the size is ours."""
+        self.state.set_nr_workers(n)
+        self.nr_workers = n
 
     # --- workers -----------------------------------------------------------------------
     def worker_env(self, slot):

@@ -71,10 +71,17 @@ class SharedState:
             raise ValueError("workers must be 1..%d" % lay.max_workers)
         s = self.sched
         s[lay.policy_word("layout")] = 0
-        s[lay.policy_word("nr_workers")] = nr_workers
-        s[lay.policy_word("nr_groups")] = -(-nr_workers // lay.group_size)
+        self.set_nr_workers(nr_workers)
         self.set_policy(**dict(DEFAULTS, **policy))
         s[lay.policy_word("layout")] = lay.value
+
+    def set_nr_workers(self, n):
+        """Resize the pool; groups grow first so no worker is ever outside one."""
+        lay = self.layout
+        if not 0 < n <= lay.max_workers:
+            raise ValueError("workers must be 1..%d" % lay.max_workers)
+        self.sched[lay.policy_word("nr_groups")] = -(-n // lay.group_size)
+        self.sched[lay.policy_word("nr_workers")] = n
 
     def set_policy(self, hang_threshold_ms=None, theta=None, stale_limit_ms=None,
                    group_mode=None):

@@ -30,6 +30,7 @@ class Collection:
         self.maps = {}
         self.programs = {}
         self.btf_fd = None
+        self.borrowed = set()     # maps passed in by the caller: theirs to close
 
     def __enter__(self):
         return self
@@ -38,7 +39,8 @@ class Collection:
         self.close()
 
     def close(self):
-        for obj in list(self.programs.values()) + list(self.maps.values()):
+        maps = [m for n, m in self.maps.items() if n not in self.borrowed]
+        for obj in list(self.programs.values()) + maps:
             obj.close()
         if self.btf_fd is not None:
             os.close(self.btf_fd)
@@ -73,13 +75,24 @@ def pin_name(name):
     return name.replace(".", "_")
 
 
-def load(spec, pin_root="/sys/fs/bpf", kernel_btf=None):
-    """Load `spec` (left unchanged) and return a Collection."""
+def load(spec, pin_root="/sys/fs/bpf", kernel_btf=None, maps=None):
+    """Load `spec` (left unchanged) and return a Collection.
+
+    maps={name: Map} uses existing maps instead of creating those (cilium/ebpf's
+    MapReplacements): two loads of one object can share state.  They must match
+    the definition; the caller keeps ownership.
+    """
     spec = spec.copy()
     coll = Collection()
     try:
         poisons = _relocate_core(spec, kernel_btf)
         coll.btf_fd = _load_btf(spec.btf)
+        for name, m in (maps or {}).items():
+            ms = spec.maps.get(name)
+            if ms is None or not _compatible(m, ms):
+                raise BPFError("map %s: replacement does not match the definition" % name)
+            coll.maps[name] = m
+            coll.borrowed.add(name)
         _create_maps(spec, coll, pin_root)
         for name, prog in spec.programs.items():
             coll.programs[name] = _load_program(prog, coll, poisons.get(name, ()))
@@ -149,6 +162,8 @@ def _compatible(m, ms):
 def _create_maps(spec, coll, pin_root):
     # Maps that hold other maps come last, so their initial slots can be filled.
     for ms in sorted(spec.maps.values(), key=lambda m: m.inner is not None):
+        if ms.name in coll.maps:
+            continue
         try:
             coll.maps[ms.name] = _create_one(ms, spec, coll, pin_root)
         except BPFError as e:

@@ -68,12 +68,16 @@ class Worker:
 
     # --- loop hooks: each is a few word stores -------------------------------------
     def before_poll(self):
-        """End of a loop iteration, about to block: schedule, then mark idle."""
+        """End of a loop iteration, about to block: mark idle, then schedule.
+
+        Idle first: a worker back from a long iteration is no longer hung, and
+        must not take itself out of the bitmap it is about to write.
+        """
         now = _now()
-        self._sched.run(now)
         w = self._w
-        w[self._heartbeat] = now
         w[self._busy] = 0
+        w[self._heartbeat] = now
+        self._sched.run(now)
 
     def after_poll(self, nevents):
         """Poll returned: busy from now on, with `nevents` more to handle."""
@@ -103,10 +107,39 @@ class Worker:
         self._w[self._flags] = self.state.layout.DRAINING if draining else 0
 
     def detach(self):
-        """Leave the pool: the scheduler stops counting this slot."""
+        """Leave the pool and stop publishing (e.g. on SIGTERM, while draining).
+
+        A replacement may already own the slot (graceful reload): then the slot
+        is left alone.  Later hooks write to private memory, so a draining loop
+        can keep calling them.
+        """
         lay = self.state.layout
-        self._w[lay.slot_word(self.slot, "layout")] = 0
-        self._w[self._busy] = 0
+        w = self._w
+        if w is not _SINK and w[lay.slot_word(self.slot, "pid")] == os.getpid():
+            w[lay.slot_word(self.slot, "layout")] = 0
+            w[self._busy] = 0
+        self._w = _SINK
+        self._sched = _NoScheduler
+
+
+class _Sink:
+    """Where a detached worker's stores go."""
+    __slots__ = ()
+
+    def __setitem__(self, i, v):
+        pass
+
+    def __getitem__(self, i):
+        return 0
+
+
+class _NoScheduler:
+    @staticmethod
+    def run(now):
+        return 0
+
+
+_SINK = _Sink()
 
 
 def attach(env=None):

@@ -14,18 +14,18 @@ the previous filter.  Integer arithmetic throughout: x * n * 1000 <= sum * (1000
 class Scheduler:
     """Computes and publishes one group's bitmap from the mmap'd state."""
 
-    __slots__ = ("wst", "sched", "lo", "hi", "stride", "busy", "conns", "pending", "flags",
+    __slots__ = ("wst", "sched", "first", "size", "nr", "w_nr", "lo", "hi", "stride", "busy", "conns", "pending", "flags",
                  "lay", "value", "draining", "w_bitmap", "w_stamp", "w_drain", "w_thresh",
                  "w_theta")
 
     def __init__(self, state, group):
         lay = state.layout
         self.wst, self.sched = state.wst, state.sched
-        nr = state.sched[lay.policy_word("nr_workers")]
-        first = group * lay.group_size
-        n = max(0, min(lay.group_size, nr - first))
+        self.first = group * lay.group_size
+        self.size = lay.group_size
         self.stride = lay.slot_words
-        self.lo, self.hi = first * self.stride, (first + n) * self.stride
+        self.w_nr = lay.policy_word("nr_workers")
+        self.nr = None
         self.busy, self.conns = lay.slot["busy_since_ns"], lay.slot["conns"]
         self.pending, self.flags = lay.slot["pending"], lay.slot["flags"]
         self.lay, self.value = lay.slot["layout"], lay.value
@@ -36,8 +36,17 @@ class Scheduler:
         self.w_thresh = lay.policy_word("hang_threshold_ns")
         self.w_theta = lay.policy_word("theta_permille")
 
+    def _bounds(self, nr):
+        """The pool can grow or shrink (TTIN/TTOU): follow nr_workers."""
+        n = max(0, min(self.size, nr - self.first))
+        self.nr = nr
+        self.lo, self.hi = self.first * self.stride, (self.first + n) * self.stride
+
     def compute(self, now):
         """The bitmap for the group's current state (publishes nothing)."""
+        nr = self.sched[self.w_nr]
+        if nr != self.nr:
+            self._bounds(nr)
         words = self.wst[self.lo:self.hi].tolist()
         s = self.stride
         thresh = self.sched[self.w_thresh]

@@ -1,0 +1,620 @@
+"""The arbiter: owns the sockets and the dispatcher, spawns and supervises workers.
+
+Modelled on gunicorn's arbiter: one thread, a signal queue woken through a
+self-pipe, SIGCHLD reaping, respawn with backoff, graceful stop and reload.
+"""
+
+import errno
+import json
+import logging
+import os
+import select
+import shutil
+import signal
+import socket
+import time
+
+from .. import __version__, control
+from ..state import ENV_OBJ, ENV_SCHED_FD, ENV_SLOT, ENV_WST_FD
+from . import sockets as _sockets
+from .spawn import demo_argv, package_pythonpath, spawn
+
+log = logging.getLogger("hermes-launch")
+
+QUICK_EXIT_S = 1.0        # a worker dying sooner than this after start "failed to start"
+CRASH_LOOP = 5            # that many failed starts in a row: give up
+BACKOFF_MAX_S = 5.0
+TICK_S = 0.5
+
+
+class LaunchError(Exception):
+    """A problem the user can fix: one line, exit status 2."""
+
+
+class Fatal(Exception):
+    """Supervision cannot go on (a crash loop): exit status 1."""
+
+
+class Slot:
+    __slots__ = ("id", "sockets", "pid", "started", "restarts", "failures", "next_start",
+                 "last_status")
+
+    def __init__(self, sid, socks):
+        self.id = sid
+        self.sockets = socks
+        self.pid = None
+        self.started = 0.0
+        self.restarts = 0
+        self.failures = 0
+        self.next_start = 0.0
+        self.last_status = None
+
+
+def describe_status(status):
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            return "killed by %s" % signal.Signals(sig).name
+        except ValueError:
+            return "killed by signal %d" % sig
+    return "exited with status %d" % os.waitstatus_to_exitcode(status)
+
+
+def sd_notify(msg):
+    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(msg.encode(), path)
+    except OSError as e:
+        log.warning("sd_notify: %s", e)
+
+
+class Arbiter:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.slots = []
+        self.addresses = []       # (family, host, port) after binding
+        self.dispatchers = []
+        self.shared = []          # exclusive mode: one socket per address
+        self.old = {}             # pid -> deadline of workers told to stop
+        self.stopping = None      # None | "graceful" | "fast"
+        self.reloading = []       # slots still to replace in a HUP reload
+        self.signals = []
+        self.ctl = None
+        self.pin_dir = None
+        self.started = time.monotonic()
+        self.wake_r = self.wake_w = None
+
+    # --- set-up and tear-down ------------------------------------------------------------
+    def setup(self):
+        cfg = self.cfg
+        self._claim_name()
+        n = cfg.workers
+        if cfg.dispatch == "hermes":
+            self._setup_hermes(n)
+        else:
+            for fam, host, port in cfg.listen:
+                if cfg.dispatch == "exclusive":
+                    s = self._bind(fam, host, port, reuseport=False)
+                    self.shared.append(s)
+                    port = s.getsockname()[1]
+                else:
+                    port = self._bind_slots(fam, host, port, n)
+                self.addresses.append((fam, host, port))
+            for i in range(n):
+                self.slots.append(Slot(i, self._slot_sockets(i)))
+        if cfg.pidfile:
+            _write_atomic(cfg.pidfile, "%d\n" % os.getpid())
+        self._open_control()
+
+    def _claim_name(self):
+        path = control.socket_path(self.cfg.name)
+        if os.path.exists(path):
+            try:
+                control.request(self.cfg.name, "status")
+            except control.ControlError:
+                os.unlink(path)       # stale, from a launcher that died
+            else:
+                raise LaunchError("a launcher named %r is already running (%s); choose "
+                                  "another --name" % (self.cfg.name, path))
+
+    def _bind(self, fam, host, port, reuseport):
+        try:
+            return _sockets.listener(fam, host, port, reuseport, self.cfg.backlog)
+        except OSError as e:
+            addr = _sockets.format_address(fam, host, port)
+            if e.errno == errno.EADDRINUSE:
+                raise LaunchError("%s: address already in use" % addr) from None
+            if e.errno == errno.EACCES:
+                raise LaunchError("%s: permission denied (ports below 1024 need root)"
+                                  % addr) from None
+            raise LaunchError("%s: %s" % (addr, e.strerror)) from None
+
+    def _bind_slots(self, fam, host, port, n):
+        """reuseport mode: one listener per slot, all on one port."""
+        socks = self.per_slot = getattr(self, "per_slot", {})
+        for i in range(n):
+            s = self._bind(fam, host, port, reuseport=True)
+            port = s.getsockname()[1]
+            socks.setdefault(i, []).append(s)
+        return port
+
+    def _setup_hermes(self, n):
+        from ..bpf import BPFError
+        from ..dispatcher import Dispatcher
+        from ..layout import LayoutError
+        cfg = self.cfg
+        try:
+            for k, (fam, host, port) in enumerate(cfg.listen):
+                d = Dispatcher(n, obj=cfg.obj, share=self.dispatchers[0] if k else None,
+                               **cfg.policy)
+                self.dispatchers.append(d)
+                try:
+                    port = d.listen(host, port, cfg.backlog)
+                except OSError as e:
+                    if e.errno == errno.EADDRINUSE:
+                        raise LaunchError("%s: address already in use"
+                                          % _sockets.format_address(fam, host, port)) from None
+                    raise LaunchError("%s: %s" % (_sockets.format_address(fam, host, port),
+                                                  e.strerror)) from None
+                self.addresses.append((fam, host, port))
+        except (BPFError, LayoutError) as e:
+            msg = str(e).split("\n", 1)[0]
+            if "EPERM" in msg or "EACCES" in msg:
+                raise LaunchError("cannot load the dispatcher (%s): run as root (CAP_BPF and "
+                                  "CAP_NET_ADMIN), or use --dispatch reuseport to run without "
+                                  "BPF" % msg) from None
+            raise LaunchError("cannot load the dispatcher: %s" % msg) from None
+        for i in range(n):
+            self.slots.append(Slot(i, [d.sockets[i] for d in self.dispatchers]))
+        self._pin()
+
+    def _pin(self):
+        from ..bpf import BPFError, pin
+        d = os.path.join(control.PIN_ROOT, self.cfg.name)
+        try:
+            pin.ensure_bpffs()
+            if os.path.exists(d):
+                shutil.rmtree(d)      # left by a launcher of this name that died
+            pin.makedirs(d)
+            for k, disp in enumerate(self.dispatchers):
+                disp.coll.pin(os.path.join(d, "listen%d" % k))
+        except (BPFError, OSError) as e:
+            shutil.rmtree(d, ignore_errors=True)
+            raise LaunchError("pin %s: %s" % (d, e)) from None
+        self.pin_dir = d
+
+    def _slot_sockets(self, i):
+        if self.cfg.dispatch == "exclusive":
+            return list(self.shared)
+        return list(self.per_slot[i])
+
+    def _open_control(self):
+        path = control.socket_path(self.cfg.name)
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            old = os.umask(0o177)        # 0600: the launcher's user only
+            try:
+                s.bind(path)
+            finally:
+                os.umask(old)
+            s.listen(16)
+            s.setblocking(False)
+        except OSError as e:
+            raise LaunchError("control socket %s: %s" % (path, e.strerror)) from None
+        self.ctl = s
+
+    def cleanup(self):
+        """Leave nothing behind: children, sockets, pins, control socket, pidfile."""
+        for pid in self._children():
+            _kill(pid, signal.SIGKILL)
+        self._reap(block=True)
+        for d in self.dispatchers:
+            d.close()
+        for s in self.shared + [s for socks in getattr(self, "per_slot", {}).values()
+                                for s in socks]:
+            s.close()
+        if self.pin_dir:
+            shutil.rmtree(self.pin_dir, ignore_errors=True)
+            try:
+                os.rmdir(control.PIN_ROOT)     # only if no other launcher uses it
+            except OSError:
+                pass
+        if self.ctl is not None:
+            self.ctl.close()
+            _unlink(control.socket_path(self.cfg.name))
+            try:
+                os.rmdir(control.run_dir())     # only if no other launcher uses it
+            except OSError:
+                pass
+        if self.cfg.pidfile:
+            _unlink(self.cfg.pidfile)
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self):
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
+                    signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD):
+            signal.signal(sig, self._on_signal)
+        for slot in self.slots:
+            self._start(slot)
+        log.info("serving %s with %d workers, dispatch %s",
+                 ", ".join(_sockets.format_address(*a) for a in self.addresses),
+                 len(self.slots), self.cfg.dispatch)
+        sd_notify("READY=1\nSTATUS=%d workers, dispatch %s\nMAINPID=%d"
+                  % (len(self.slots), self.cfg.dispatch, os.getpid()))
+        while True:
+            try:
+                select.select([self.wake_r, self.ctl], [], [], self._timeout())
+            except InterruptedError:
+                pass
+            try:
+                while os.read(self.wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+            self._handle_signals()
+            self._reap()
+            if self.stopping:
+                if not self._children():
+                    return 0
+                self._enforce_deadlines()
+                continue
+            self._start_due()
+            self._check_hangs()
+            self._enforce_deadlines()
+            self._serve_control()
+
+    def _timeout(self):
+        now = time.monotonic()
+        t = TICK_S
+        for slot in self.slots:
+            if slot.pid is None:
+                t = min(t, max(0.0, slot.next_start - now))
+        return t
+
+    def _on_signal(self, signum, frame):
+        self.signals.append(signum)
+
+    def _handle_signals(self):
+        while self.signals:
+            sig = self.signals.pop(0)
+            if sig == signal.SIGCHLD:
+                continue
+            if sig == signal.SIGTERM:
+                self.stop("graceful")
+            elif sig in (signal.SIGINT, signal.SIGQUIT):
+                self.stop("fast")
+            elif sig == signal.SIGHUP:
+                self.reload()
+            elif sig == signal.SIGTTIN:
+                self.grow()
+            elif sig == signal.SIGTTOU:
+                self.shrink()
+            elif sig == signal.SIGUSR1:
+                self.cfg.reopen_logs()
+                for pid in self._children():
+                    _kill(pid, signal.SIGUSR1)
+
+    def _children(self):
+        return [s.pid for s in self.slots if s.pid] + list(self.old)
+
+    # --- workers ------------------------------------------------------------------------------
+    def _start(self, slot):
+        cfg = self.cfg
+        env = dict(os.environ)
+        env.pop("NOTIFY_SOCKET", None)
+        env.update(HERMES_WORKER_ID=str(slot.id), HERMES_DISPATCH=cfg.dispatch,
+                   HERMES_GRACEFUL_TIMEOUT=str(cfg.graceful_timeout))
+        fd_env = {}
+        if self.dispatchers:
+            wenv, _ = self.dispatchers[0].worker_env(slot.id)
+            env.update({ENV_SLOT: wenv[ENV_SLOT], ENV_OBJ: wenv[ENV_OBJ]})
+            fd_env = {ENV_WST_FD: int(wenv[ENV_WST_FD]), ENV_SCHED_FD: int(wenv[ENV_SCHED_FD])}
+        argv = cfg.command
+        if not argv:
+            argv = demo_argv()
+            env["PYTHONPATH"] = package_pythonpath(env)
+        names = ["%s-%d" % (h.replace(":", "_"), p) for _, h, p in self.addresses]
+        slot.pid = spawn(argv, env, slot.sockets, names, fd_env, cfg.user)
+        slot.started = time.monotonic()
+        log.debug("worker %d: started pid %d", slot.id, slot.pid)
+
+    def _start_due(self):
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.pid is None and now >= slot.next_start:
+                self._start(slot)
+        if self.reloading:
+            self._reload_next()
+
+    def _reap(self, block=False):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self._exited(pid, status)
+
+    def _exited(self, pid, status):
+        if self.old.pop(pid, None) is not None:
+            log.debug("old worker pid %d %s", pid, describe_status(status))
+            return
+        slot = next((s for s in self.slots if s.pid == pid), None)
+        if slot is None:
+            return
+        slot.pid = None
+        slot.last_status = status
+        self._forget(slot)
+        if self.stopping:
+            return
+        lived = time.monotonic() - slot.started
+        slot.failures = slot.failures + 1 if lived < QUICK_EXIT_S else 0
+        slot.restarts += 1
+        log.warning("worker %d (pid %d) %s after %.1f s; restarting", slot.id, pid,
+                    describe_status(status), lived)
+        if slot.failures >= CRASH_LOOP:
+            raise Fatal("worker %d failed %d times in a row within %.0f s of starting (last: "
+                        "%s); giving up" % (slot.id, slot.failures, QUICK_EXIT_S,
+                                            describe_status(status)))
+        backoff = min(BACKOFF_MAX_S, 0.1 * 2 ** slot.failures) if slot.failures else 0.0
+        slot.next_start = time.monotonic() + backoff
+
+    def _forget(self, slot):
+        """A dead worker's slot: out of the bitmap now, not at the next scheduler turn."""
+        if not self.dispatchers:
+            return
+        from ..sdk.scheduler import Scheduler
+        st = self.dispatchers[0].state
+        lay = st.layout
+        st.wst[lay.slot_word(slot.id, "layout")] = 0
+        st.wst[lay.slot_word(slot.id, "busy_since_ns")] = 0
+        Scheduler(st, slot.id // lay.group_size).run(time.monotonic_ns())
+
+    def _check_hangs(self):
+        if not self.cfg.kill_timeout or not self.dispatchers:
+            return
+        st = self.dispatchers[0].state
+        now = time.monotonic_ns()
+        limit = self.cfg.kill_timeout * 1e9
+        for slot in self.slots:
+            if slot.pid is None:
+                continue
+            busy = st.slot(slot.id)["busy_since_ns"]
+            if busy and now > busy and now - busy > limit:
+                log.warning("worker %d (pid %d) busy for %.1f s: killing it", slot.id,
+                            slot.pid, (now - busy) / 1e9)
+                _kill(slot.pid, signal.SIGKILL)
+
+    def _retire(self, pid, timeout):
+        """Ask a worker to stop; kill it if it is still there after `timeout`."""
+        self.old[pid] = time.monotonic() + timeout
+        _kill(pid, signal.SIGTERM)
+
+    def _enforce_deadlines(self):
+        now = time.monotonic()
+        for pid, deadline in list(self.old.items()):
+            if now > deadline:
+                log.warning("worker pid %d did not stop in time: killing it", pid)
+                _kill(pid, signal.SIGKILL)
+                self.old[pid] = float("inf")
+
+    # --- operations ----------------------------------------------------------------------------
+    def stop(self, how):
+        if self.stopping == "fast" or self.stopping == how:
+            return
+        log.info("%s stop", how)
+        sd_notify("STOPPING=1")
+        self.stopping = how
+        timeout = self.cfg.graceful_timeout if how == "graceful" else 1.0
+        for slot in self.slots:
+            if slot.pid:
+                self.old[slot.pid] = time.monotonic() + timeout
+                _kill(slot.pid, signal.SIGTERM if how == "graceful" else signal.SIGINT)
+                slot.pid = None
+        for pid in self.old:
+            self.old[pid] = min(self.old[pid], time.monotonic() + timeout)
+
+    def reload(self):
+        """HUP: replace every worker, one slot at a time; old ones drain."""
+        log.info("reloading %d workers", len(self.slots))
+        sd_notify("RELOADING=1")
+        self.reloading = list(self.slots)
+        self._reload_next()
+
+    def _reload_next(self):
+        while self.reloading:
+            slot = self.reloading.pop(0)
+            if slot.pid:
+                self._retire(slot.pid, self.cfg.graceful_timeout)
+            slot.pid = None
+            slot.failures = 0
+            self._start(slot)
+            if self.cfg.reload_all:
+                continue
+            return
+        sd_notify("READY=1")
+
+    def grow(self):
+        n = len(self.slots)
+        try:
+            if self.dispatchers:
+                for d in self.dispatchers:
+                    d.resize(n + 1)
+                    _, host, port = self.addresses[self.dispatchers.index(d)]
+                    d.listen(host, port, self.cfg.backlog, slots=[n])
+                socks = [d.sockets[n] for d in self.dispatchers]
+            elif self.cfg.dispatch == "reuseport":
+                for fam, host, port in self.addresses:
+                    self.per_slot.setdefault(n, []).append(self._bind(fam, host, port, True))
+                socks = self.per_slot[n]
+            else:
+                socks = list(self.shared)
+        except (LaunchError, OSError, ValueError) as e:
+            log.error("cannot add a worker: %s", e)
+            return
+        slot = Slot(n, socks)
+        self.slots.append(slot)
+        self._start(slot)
+        log.info("workers: %d", len(self.slots))
+
+    def shrink(self):
+        if len(self.slots) <= 1:
+            log.warning("TTOU: keeping the last worker")
+            return
+        slot = self.slots.pop()
+        if slot in self.reloading:
+            self.reloading.remove(slot)
+        if slot.pid:
+            self._retire(slot.pid, self.cfg.graceful_timeout)
+        if self.dispatchers:
+            for d in self.dispatchers:
+                d.remove_socket(slot.id)
+                d.resize(len(self.slots))
+        if self.cfg.dispatch != "exclusive":
+            for s in slot.sockets:
+                s.close()      # with sk_reuseport/migrate its queue moves to live listeners
+            getattr(self, "per_slot", {}).pop(slot.id, None)
+        log.info("workers: %d", len(self.slots))
+
+    # --- control socket ------------------------------------------------------------------------
+    def _serve_control(self):
+        while True:
+            try:
+                conn, _ = self.ctl.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            with conn:
+                conn.settimeout(0.5)
+                try:
+                    line = _read_line(conn)
+                    reply = self._control(json.loads(line))
+                except (ValueError, TypeError) as e:
+                    reply = {"error": "bad request: %s" % e}
+                except OSError:
+                    continue
+                try:
+                    conn.sendall(json.dumps(reply).encode() + b"\n")
+                except OSError:
+                    pass
+
+    def _control(self, req):
+        cmd = req.get("cmd")
+        if cmd == "status":
+            return self.status()
+        if cmd in ("drain", "resume"):
+            if not self.dispatchers:
+                return {"error": "%s needs --dispatch hermes" % cmd}
+            wid = req.get("id")
+            if not isinstance(wid, int) or not 0 <= wid < len(self.slots):
+                return {"error": "no worker %r (have 0..%d)" % (wid, len(self.slots) - 1)}
+            self.dispatchers[0].state.set_drained(wid, cmd == "drain")
+            return {"ok": True}
+        if cmd == "set":
+            if not self.dispatchers:
+                return {"error": "set needs --dispatch hermes"}
+            policy = req.get("policy")
+            if not isinstance(policy, dict):
+                return {"error": "set: expected a policy object"}
+            try:
+                self.dispatchers[0].state.set_policy(**policy)
+            except (TypeError, ValueError) as e:
+                return {"error": "set: %s" % e}
+            return {"ok": True, "policy": self._policy()}
+        return {"error": "unknown command %r" % cmd}
+
+    def _policy(self):
+        if not self.dispatchers:
+            return None
+        p = self.dispatchers[0].state.policy()
+        return {k: p[k] for k in ("hang_threshold_ms", "theta", "stale_limit_ms", "group_mode")}
+
+    def status(self):
+        out = {"name": self.cfg.name, "pid": os.getpid(), "version": __version__,
+               "dispatch": self.cfg.dispatch,
+               "listen": [_sockets.format_address(*a) for a in self.addresses],
+               "uptime_s": round(time.monotonic() - self.started, 3),
+               "policy": self._policy(), "workers": [], "fallbacks": {}, "selected": None}
+        st = self.dispatchers[0].state if self.dispatchers else None
+        dispatched = None
+        if st is not None:
+            dispatched, reasons = st.stats()
+            out["selected"] = reasons.pop("selected")
+            out["fallbacks"] = reasons
+            thresh = st.policy()["hang_threshold_ms"] * 1e6
+        now = time.monotonic_ns()
+        for slot in self.slots:
+            w = {"id": slot.id, "pid": slot.pid, "restarts": slot.restarts, "state": None,
+                 "eligible": None, "loop_age_ms": None, "busy_ms": None, "pending": None,
+                 "conns": None, "dispatched": None}
+            if st is not None:
+                s = st.slot(slot.id)
+                lay = st.layout
+                g, bit = divmod(slot.id, lay.group_size)
+                drained = st.drained(slot.id)
+                busy = s["busy_since_ns"]
+                busy_ns = now - busy if busy and now > busy else 0
+                w.update(eligible=bool(st.bitmap(g) >> bit & 1) and not drained,
+                         loop_age_ms=_ms(now - s["heartbeat_ns"]) if s["heartbeat_ns"] else None,
+                         busy_ms=_ms(busy_ns), pending=s["pending"], conns=s["conns"],
+                         dispatched=dispatched[slot.id] if slot.id < len(dispatched) else 0)
+                if slot.pid is None:
+                    w["state"] = "restarting"
+                elif drained or s["flags"] & lay.DRAINING:
+                    w["state"] = "draining"
+                elif not busy:
+                    w["state"] = "idle"
+                else:
+                    w["state"] = "hung" if busy_ns > thresh else "busy"
+            else:
+                w["state"] = "restarting" if slot.pid is None else "running"
+            out["workers"].append(w)
+        return out
+
+
+def _ms(ns):
+    return round(ns / 1e6, 3)
+
+
+def _read_line(conn, limit=65536):
+    buf = b""
+    while not buf.endswith(b"\n") and len(buf) < limit:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.decode()
+
+
+def _kill(pid, sig):
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _write_atomic(path, text):
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        _unlink(tmp)
+        raise LaunchError("pidfile %s: %s" % (path, e.strerror)) from None
