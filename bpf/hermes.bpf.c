@@ -171,7 +171,7 @@ static __always_inline int dispatch(struct sk_reuseport_md *md, int migrating)
 		in_group = s->policy.nr_workers - first;
 		bitmap = in_group >= 64 ? ~0ULL : (1ULL << in_group) - 1;
 	}
-	bitmap &= ~s->group[g].drain_mask;
+	bitmap &= ~(s->group[g].drain_mask | s->group[g].stuck_mask);
 
 	for (i = 0; i < HERMES_MAX_RECHECKS; i++) {
 		__u32 bit;

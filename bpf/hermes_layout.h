@@ -14,7 +14,9 @@
 #endif
 
 #define HERMES_MAGIC          0x48524d53ULL            /* "HRMS" */
+#ifndef HERMES_LAYOUT_VERSION                         /* -D only to test refusal */
 #define HERMES_LAYOUT_VERSION 1ULL
+#endif
 #define HERMES_LAYOUT         ((HERMES_MAGIC << 32) | HERMES_LAYOUT_VERSION)
 
 #define HERMES_GROUP_SIZE     64                       /* one bitmap word */
@@ -59,12 +61,13 @@ enum hermes_group_mode {
 };
 
 /* One group's eligibility bitmap and when a scheduler last wrote it (any worker
- * of the group), and the operator's drain mask (the launcher is its one writer). */
+ * of the group); then two masks the launcher alone writes. */
 struct hermes_group {
 	__u64 bitmap;
 	__u64 stamp_ns;
 	__u64 drain_mask;         /* workers taken out by `hermesctl drain` */
-	__u64 pad[5];             /* own cache line: groups are written by different workers */
+	__u64 stuck_mask;         /* idle in poll yet not taking queued connections (stopped) */
+	__u64 pad[4];             /* own cache line: groups are written by different workers */
 };
 
 struct hermes_sched {

@@ -130,17 +130,31 @@ class SharedState:
     def stamp_ns(self, g):
         return self.sched[self.layout.group_word(g, "stamp_ns")]
 
-    def set_drained(self, slot, drained):
-        """Take a worker out of (or back into) dispatch; the launcher is the one writer."""
+    def _mask(self, field, slot):
         lay = self.layout
-        w = lay.group_word(slot // lay.group_size, "drain_mask")
-        bit = 1 << (slot % lay.group_size)
-        self.sched[w] = (self.sched[w] | bit) if drained else (self.sched[w] & ~bit)
+        return lay.group_word(slot // lay.group_size, field), 1 << (slot % lay.group_size)
+
+    def _set_mask(self, field, slot, on):
+        # A read-modify-write, safe because the launcher is the only writer of
+        # both masks (DESIGN.md §5 forbids it only on words others write).
+        w, bit = self._mask(field, slot)
+        self.sched[w] = (self.sched[w] | bit) if on else (self.sched[w] & ~bit)
+
+    def set_drained(self, slot, drained):
+        """Take a worker out of (or back into) dispatch: `hermesctl drain`."""
+        self._set_mask("drain_mask", slot, drained)
 
     def drained(self, slot):
-        lay = self.layout
-        return bool(self.sched[lay.group_word(slot // lay.group_size, "drain_mask")]
-                    >> (slot % lay.group_size) & 1)
+        w, bit = self._mask("drain_mask", slot)
+        return bool(self.sched[w] & bit)
+
+    def set_stuck(self, slot, stuck):
+        """The launcher's verdict on a worker that sleeps on a full accept queue."""
+        self._set_mask("stuck_mask", slot, stuck)
+
+    def stuck(self, slot):
+        w, bit = self._mask("stuck_mask", slot)
+        return bool(self.sched[w] & bit)
 
     def stats(self):
         """Kernel counters summed over CPUs: (dispatched per slot, {reason: n})."""

@@ -12,6 +12,7 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import time
 
 from .. import __version__, control
@@ -36,14 +37,15 @@ class Fatal(Exception):
 
 
 class Slot:
-    __slots__ = ("id", "sockets", "pid", "started", "restarts", "failures", "next_start",
-                 "last_status")
+    __slots__ = ("id", "sockets", "pid", "started", "started_ns", "restarts", "failures",
+                 "next_start", "last_status")
 
     def __init__(self, sid, socks):
         self.id = sid
         self.sockets = socks
         self.pid = None
         self.started = 0.0
+        self.started_ns = 0
         self.restarts = 0
         self.failures = 0
         self.next_start = 0.0
@@ -268,13 +270,14 @@ class Arbiter:
                 self._enforce_deadlines()
                 continue
             self._start_due()
+            self._watch()
             self._check_hangs()
             self._enforce_deadlines()
             self._serve_control()
 
     def _timeout(self):
         now = time.monotonic()
-        t = TICK_S
+        t = self._watch_every()
         for slot in self.slots:
             if slot.pid is None:
                 t = min(t, max(0.0, slot.next_start - now))
@@ -325,6 +328,9 @@ class Arbiter:
         names = ["%s-%d" % (h.replace(":", "_"), p) for _, h, p in self.addresses]
         slot.pid = spawn(argv, env, slot.sockets, names, fd_env, cfg.user)
         slot.started = time.monotonic()
+        slot.started_ns = time.monotonic_ns()
+        if self.dispatchers:
+            self.dispatchers[0].state.set_stuck(slot.id, False)
         log.debug("worker %d: started pid %d", slot.id, slot.pid)
 
     def _start_due(self):
@@ -379,6 +385,34 @@ class Arbiter:
         st.wst[lay.slot_word(slot.id, "layout")] = 0
         st.wst[lay.slot_word(slot.id, "busy_since_ns")] = 0
         Scheduler(st, slot.id // lay.group_size).run(time.monotonic_ns())
+
+    def _watch_every(self):
+        if not self.dispatchers:
+            return TICK_S
+        return min(TICK_S, max(0.005, self.dispatchers[0].state.policy()["hang_threshold_ms"]
+                               / 4000))
+
+    def _watch(self):
+        """Find workers asleep on a non-empty accept queue (stopped, or frozen in
+        poll).  By their own account they are idle, so neither the scheduler nor
+        the kernel's re-check can tell; the launcher, holding every socket, can."""
+        if not self.dispatchers:
+            return
+        st = self.dispatchers[0].state
+        now = time.monotonic_ns()
+        thresh = st.sched[st.layout.policy_word("hang_threshold_ns")]
+        for slot in self.slots:
+            if slot.pid is None:
+                continue
+            beat = st.wst[st.layout.slot_word(slot.id, "heartbeat_ns")] or slot.started_ns
+            stuck = now - beat > thresh and any(accept_queue(s) for s in slot.sockets)
+            if stuck != st.stuck(slot.id):
+                st.set_stuck(slot.id, stuck)
+                if stuck:
+                    log.warning("worker %d (pid %d) is not taking connections: out of "
+                                "dispatch until it does", slot.id, slot.pid)
+                else:
+                    log.info("worker %d (pid %d) is back", slot.id, slot.pid)
 
     def _check_hangs(self):
         if not self.cfg.kill_timeout or not self.dispatchers:
@@ -571,6 +605,9 @@ class Arbiter:
                     w["state"] = "restarting"
                 elif drained or s["flags"] & lay.DRAINING:
                     w["state"] = "draining"
+                elif st.stuck(slot.id):
+                    w["state"] = "hung"
+                    w["eligible"] = False
                 elif not busy:
                     w["state"] = "idle"
                 else:
@@ -579,6 +616,19 @@ class Arbiter:
                 w["state"] = "restarting" if slot.pid is None else "running"
             out["workers"].append(w)
         return out
+
+
+_TCP_INFO = struct.Struct("8xIIIII")   # struct tcp_info up to tcpi_unacked (offset 24)
+
+
+def accept_queue(sock):
+    """Connections waiting in a listener's accept queue: tcp_info's tcpi_unacked,
+    which a LISTEN socket reports as sk_ack_backlog (net/ipv4/tcp.c, tcp_get_info)."""
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size)
+    except OSError:
+        return 0
+    return _TCP_INFO.unpack_from(raw)[4] if len(raw) >= _TCP_INFO.size else 0
 
 
 def _ms(ns):

@@ -1,8 +1,8 @@
 """The scheduler (the paper's Algorithm 1), run by every worker for its group.
 
 A cascade of filters over the group's workers, written as one bitmap store:
-  1. attached, not draining (itself or by the operator's drain mask), and not
-     busy past the hang threshold;
+  1. attached, not draining (itself or by the operator's drain mask), not found
+     stuck by the launcher, and not busy past the hang threshold;
   2. connections <= avg * (1 + θ);
   3. pending events <= avg * (1 + θ).
 The paper writes `< avg + θ`; with "<=" a group where every count is equal (say,
@@ -15,7 +15,7 @@ class Scheduler:
     """Computes and publishes one group's bitmap from the mmap'd state."""
 
     __slots__ = ("wst", "sched", "first", "size", "nr", "w_nr", "lo", "hi", "stride", "busy", "conns", "pending", "flags",
-                 "lay", "value", "draining", "w_bitmap", "w_stamp", "w_drain", "w_thresh",
+                 "lay", "value", "draining", "w_bitmap", "w_stamp", "w_drain", "w_stuck", "w_thresh",
                  "w_theta")
 
     def __init__(self, state, group):
@@ -33,6 +33,7 @@ class Scheduler:
         self.w_bitmap = lay.group_word(group, "bitmap")
         self.w_stamp = lay.group_word(group, "stamp_ns")
         self.w_drain = lay.group_word(group, "drain_mask")
+        self.w_stuck = lay.group_word(group, "stuck_mask")
         self.w_thresh = lay.policy_word("hang_threshold_ns")
         self.w_theta = lay.policy_word("theta_permille")
 
@@ -54,7 +55,7 @@ class Scheduler:
         flags = words[self.flags::s]
         lays = words[self.lay::s]
         value, draining = self.value, self.draining
-        drained = self.sched[self.w_drain]
+        drained = self.sched[self.w_drain] | self.sched[self.w_stuck]
         # A timestamp from the future (clock skew, garbage) is not a hang.
         alive = [i for i, b in enumerate(busy)
                  if lays[i] == value and not flags[i] & draining and not drained >> i & 1
