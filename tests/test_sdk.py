@@ -207,3 +207,16 @@ def test_operator_drain_mask(pool):
     assert bits(Scheduler(pool.state, 0).compute(NOW)) == set(range(8)) - {5}
     pool.state.set_drained(5, False)
     assert bits(Scheduler(pool.state, 0).compute(NOW)) == set(range(8))
+
+
+def test_load_filters_never_leave_fewer_than_two(pool):
+    """One survivor would send the dispatcher to the kernel hash, hung workers and all."""
+    from hermes.sdk.scheduler import Scheduler
+    workers(pool)
+    for i in range(2, 8):
+        put(pool, i, busy_since_ns=NOW - 10 ** 10)     # six hung
+    put(pool, 0, conns=5)
+    assert bits(Scheduler(pool.state, 0).compute(NOW)) == {0, 1}
+    put(pool, 2, busy_since_ns=0)
+    put(pool, 2, pending=9)                             # conns [5, 0, 0] -> {1, 2}
+    assert bits(Scheduler(pool.state, 0).compute(NOW)) == {1, 2}

@@ -404,11 +404,14 @@ class Arbiter:
         for slot in self.slots:
             if slot.pid is None:
                 continue
-            beat = st.wst[st.layout.slot_word(slot.id, "heartbeat_ns")] or slot.started_ns
-            stuck = now - beat > thresh and any(accept_queue(s) for s in slot.sockets)
+            beat = st.wst[st.layout.slot_word(slot.id, "heartbeat_ns")]
+            stuck = now - (beat or slot.started_ns) > thresh and \
+                any(accept_queue(s) for s in slot.sockets)
             if stuck != st.stuck(slot.id):
                 st.set_stuck(slot.id, stuck)
-                if stuck:
+                if not beat:
+                    log.debug("worker %d (pid %d) is still starting", slot.id, slot.pid)
+                elif stuck:
                     log.warning("worker %d (pid %d) is not taking connections: out of "
                                 "dispatch until it does", slot.id, slot.pid)
                 else:

@@ -8,15 +8,20 @@ A cascade of filters over the group's workers, written as one bitmap store:
 The paper writes `< avg + θ`; with "<=" a group where every count is equal (say,
 all zero) keeps everyone instead of no one.  Averages are over the survivors of
 the previous filter.  Integer arithmetic throughout: x * n * 1000 <= sum * (1000 + θ‰).
+
+Unlike the paper, a load filter that would leave fewer than two workers is
+skipped: the dispatcher spreads over two or more, and with one it falls back to
+the kernel's hash, which reaches hung workers too.  Only the hang filter (1.)
+may shrink the set further.
 """
 
 
 class Scheduler:
     """Computes and publishes one group's bitmap from the mmap'd state."""
 
-    __slots__ = ("wst", "sched", "first", "size", "nr", "w_nr", "lo", "hi", "stride", "busy", "conns", "pending", "flags",
-                 "lay", "value", "draining", "w_bitmap", "w_stamp", "w_drain", "w_stuck", "w_thresh",
-                 "w_theta")
+    __slots__ = ("wst", "sched", "first", "size", "nr", "w_nr", "lo", "hi", "stride", "busy",
+                 "conns", "pending", "flags", "lay", "value", "draining", "w_bitmap", "w_stamp",
+                 "w_drain", "w_stuck", "w_thresh", "w_theta")
 
     def __init__(self, state, group):
         lay = state.layout
@@ -45,29 +50,44 @@ class Scheduler:
 
     def compute(self, now):
         """The bitmap for the group's current state (publishes nothing)."""
-        nr = self.sched[self.w_nr]
+        sched = self.sched
+        nr = sched[self.w_nr]
         if nr != self.nr:
             self._bounds(nr)
-        words = self.wst[self.lo:self.hi].tolist()
-        s = self.stride
-        thresh = self.sched[self.w_thresh]
-        busy = words[self.busy::s]
-        flags = words[self.flags::s]
-        lays = words[self.lay::s]
-        value, draining = self.value, self.draining
-        drained = self.sched[self.w_drain] | self.sched[self.w_stuck]
+        wst, lo, hi, s = self.wst, self.lo, self.hi, self.stride
+        # One strided read per field the cascade uses, not whole slots.
+        lays = wst[lo + self.lay:hi:s].tolist()
+        flags = wst[lo + self.flags:hi:s].tolist()
+        busy = wst[lo + self.busy:hi:s].tolist()
+        conns = wst[lo + self.conns:hi:s].tolist()
+        pending = wst[lo + self.pending:hi:s].tolist()
+        thresh = sched[self.w_thresh]
+        out = sched[self.w_drain] | sched[self.w_stuck]
+        k = 1000 + sched[self.w_theta]
+        value, n = self.value, len(busy)
+        # Fast path, the usual case: everyone attached, none out or hung, no count
+        # over its bound.  Built-in list methods instead of a loop; it only answers
+        # "all of them" when the cascade below would, and any doubt falls through.
+        if (n and lays.count(value) == n and flags.count(0) == n
+                and not out & ((1 << n) - 1)
+                and min(filter(None, busy), default=now) > now - thresh
+                and max(conns) * n * 1000 <= sum(conns) * k
+                and max(pending) * n * 1000 <= sum(pending) * k):
+            return (1 << n) - 1
         # A timestamp from the future (clock skew, garbage) is not a hang.
+        draining = self.draining
         alive = [i for i, b in enumerate(busy)
-                 if lays[i] == value and not flags[i] & draining and not drained >> i & 1
+                 if lays[i] == value and not flags[i] & draining and not out >> i & 1
                  and (b == 0 or now <= b or now - b < thresh)]
-        if len(alive) > 1:
-            k = 1000 + self.sched[self.w_theta]
-            for field in (self.conns, self.pending):
-                col = words[field::s]
-                vals = [col[i] for i in alive]
-                limit = sum(vals) * k
-                n = len(alive) * 1000
-                alive = [i for i, v in zip(alive, vals) if v * n <= limit]
+        for col in (conns, pending):
+            if len(alive) < 3:
+                break
+            vals = [col[i] for i in alive]
+            limit = sum(vals) * k
+            n = len(alive) * 1000
+            kept = [i for i, v in zip(alive, vals) if v * n <= limit]
+            if len(kept) >= 2:
+                alive = kept
         bitmap = 0
         for i in alive:
             bitmap |= 1 << i
