@@ -8,6 +8,7 @@
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
 #include "hermes_layout.h"
 
 /* Layout constants, exported through .rodata so that userspace reads them from
@@ -65,30 +66,66 @@ static __always_inline int fallback(enum hermes_stat why)
 	return SK_PASS;
 }
 
-static __always_inline __u32 popcount(__u64 x)
+#define L8 0x0101010101010101ULL      /* 1 in every byte */
+#define H8 0x8080808080808080ULL      /* every byte's high bit */
+
+/* Bit counts of m, running by byte: byte k holds popcount(m & (2^(8(k+1)) - 1)),
+ * so the top byte is popcount(m).  No byte overflows: counts are <= 64. */
+static __always_inline __u64 byte_counts(__u64 m)
 {
-	x = x - ((x >> 1) & 0x5555555555555555ULL);
-	x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
-	x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
-	return (x * 0x0101010101010101ULL) >> 56;
+	m = m - ((m >> 1) & 0x5555555555555555ULL);
+	m = (m & 0x3333333333333333ULL) + ((m >> 2) & 0x3333333333333333ULL);
+	m = (m + (m >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
+	return m * L8;
 }
 
-/* Position of the n-th (0-based) set bit of m; n < popcount(m). */
-static __always_inline __u32 nth_set_bit(__u64 m, __u32 n)
+/* popcount of a nibble: sixteen 4-bit counts packed in one constant. */
+static __always_inline __u32 popcount4(__u64 x)
 {
-	__u32 pos = 0, c;
+	return (0x4332322132212110ULL >> (x << 2)) & 0xf;
+}
 
-#define HERMES_STEP(w)                                          \
-	c = popcount(m & ((1ULL << (w)) - 1));                  \
-	if (n >= c) {                                           \
-		n -= c;                                         \
-		m >>= (w);                                      \
-		pos += (w);                                     \
+/* Position of the n-th (0-based) set bit of m, n < popcount(m), given
+ * c = byte_counts(m): the byte in one word-wide compare, then the bit in it
+ * (a binary search of popcounts cost twice as many instructions). */
+static __always_inline __u32 nth_set_bit(__u64 m, __u64 c, __u32 n)
+{
+	/* Per byte, (0x80 | c_k) - (n + 1) keeps its high bit iff c_k > n, with no
+	 * borrow between bytes (both are <= 64): the clear ones precede n's byte. */
+	__u64 before = ~((c | H8) - (n + 1) * L8) & H8;
+	__u32 pos = (((before >> 7) * L8) >> 56) * 8, k;
+	__u64 v;
+
+	n -= ((c << 8) >> pos) & 0xff;        /* set bits in the bytes before */
+	v = (m >> pos) & 0xff;
+	k = popcount4(v & 0xf);
+	if (n >= k) {
+		n -= k;
+		v >>= 4;
+		pos += 4;
 	}
-	HERMES_STEP(32) HERMES_STEP(16) HERMES_STEP(8)
-	HERMES_STEP(4) HERMES_STEP(2) HERMES_STEP(1)
-#undef HERMES_STEP
+	k = popcount4(v & 0x3);
+	if (n >= k) {
+		n -= k;
+		v >>= 2;
+		pos += 2;
+	}
+	if (n >= (v & 1))
+		pos += 1;
 	return pos;
+}
+
+/* The clock of the hang and stale checks.  CLOCK_MONOTONIC as of the last tick
+ * (bpf_ktime_get_coarse_ns, Linux 5.11) is a memory read; the exact clock reads
+ * the TSC, which under a hypervisor was a third of a decision's cost.  Late by up
+ * to a tick, against limits of hundreds of milliseconds. */
+#define HERMES_CLOCK_SLACK_NS 10000000ULL     /* a tick at HZ=100 */
+
+static __always_inline __u64 clock_ns(void)
+{
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_ktime_get_coarse_ns))
+		return bpf_ktime_get_coarse_ns();
+	return bpf_ktime_get_ns();
 }
 
 /* The kernel's reciprocal_scale(): map a 32-bit hash onto [0, n). */
@@ -139,7 +176,7 @@ static __always_inline int dispatch(struct sk_reuseport_md *md, int migrating)
 	__u32 zero = 0, g, n, worker, i;
 	struct hermes_sched *s;
 	struct hermes_slot *slot;
-	__u64 bitmap, now, ngroups;
+	__u64 bitmap, now, stamp, ngroups;
 	enum hermes_stat why = HERMES_STAT_FEW;
 
 	s = bpf_map_lookup_elem(&hermes_sched, &zero);
@@ -158,9 +195,12 @@ static __always_inline int dispatch(struct sk_reuseport_md *md, int migrating)
 	if (g >= HERMES_MAX_GROUPS)
 		return fallback(HERMES_STAT_NO_STATE);
 
-	now = bpf_ktime_get_ns();
+	now = clock_ns();
 	bitmap = s->group[g].bitmap;
-	if (now - s->group[g].stamp_ns > s->policy.stale_limit_ns) {
+	stamp = s->group[g].stamp_ns;
+	/* A stamp a little ahead is the coarse clock lagging; far ahead, garbage. */
+	if (stamp > now ? stamp - now > HERMES_CLOCK_SLACK_NS :
+			  now - stamp > s->policy.stale_limit_ns) {
 		/* No scheduler turned lately (all idle, or none instrumented): ignore the
 		 * bitmap and take the whole group, still re-checking each pick below. */
 		__u64 first = (__u64)g * HERMES_GROUP_SIZE, in_group;
@@ -174,12 +214,13 @@ static __always_inline int dispatch(struct sk_reuseport_md *md, int migrating)
 	bitmap &= ~(s->group[g].drain_mask | s->group[g].stuck_mask);
 
 	for (i = 0; i < HERMES_MAX_RECHECKS; i++) {
+		__u64 counts = byte_counts(bitmap);
 		__u32 bit;
 
-		n = popcount(bitmap);
+		n = counts >> 56;
 		if (n < 2)
 			return fallback(why);
-		bit = nth_set_bit(bitmap, scale(md->hash, n));
+		bit = nth_set_bit(bitmap, counts, scale(md->hash, n));
 		worker = g * HERMES_GROUP_SIZE + bit;
 		slot = bpf_map_lookup_elem(&hermes_wst, &worker);
 		if (slot) {

@@ -23,12 +23,22 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser():
-    from . import bpfcmd
+    from . import bpfcmd, metrics, ops, status, top
     p = _Parser(prog="hermesctl", description="Control and inspect Hermes dispatch.")
     p.add_argument("--version", action="version", version="hermesctl " + __version__)
+    p.add_argument("--name", metavar="NAME", default="default",
+                   help="the launcher instance to talk to (default: default)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    status.register(sub)
+    top.register(sub)
+    metrics.register(sub)
+    ops.register(sub)
     bpfcmd.register(sub)
+    for cmd in ("status", "top", "metrics", "drain", "resume", "set"):
+        # `hermesctl status --name X` works as well as `hermesctl --name X status`.
+        sub.choices[cmd].add_argument("--name", metavar="NAME", default=argparse.SUPPRESS,
+                                      help="the launcher instance (default: default)")
     return p
 
 

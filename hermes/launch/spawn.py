@@ -5,11 +5,15 @@ LISTEN_FDS=N with the sockets at fds 3..3+N-1, LISTEN_PID the worker's own pid,
 LISTEN_FDNAMES their names; plus the Hermes environment the SDK reads.
 """
 
+import ctypes
 import fcntl
 import os
+import signal
 import sys
 
 SD_LISTEN_FDS_START = 3
+PR_SET_PDEATHSIG = 1            # linux/prctl.h
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def spawn(argv, env, sockets, names, fd_env=None, user=None):
@@ -19,11 +23,17 @@ def spawn(argv, env, sockets, names, fd_env=None, user=None):
     user=(uid, gid) drops privileges in the child before exec.
     """
     fds = [s.fileno() for s in sockets]
+    parent = os.getpid()
     pid = os.fork()
     if pid:
         return pid
     # Child: any failure from here is exit 127.
     try:
+        # A worker must not outlive a launcher that was killed outright: it would
+        # hold a slot and sockets nobody supervises.
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:      # it died before prctl took effect
+            os._exit(1)
         child_env = dict(env)
         # Everything we pass moves above the 3..3+N range first, so no dup2 below
         # can clobber an fd that happens to sit there already.
