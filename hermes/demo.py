@@ -109,14 +109,15 @@ def _name(names, fd):
 
 
 def bind(addr):
-    """A listening socket on HOST:PORT, [V6]:PORT or :PORT."""
+    """A listening socket on HOST:PORT, [V6]:PORT or :PORT, with SO_REUSEPORT so
+    several demo processes can share a port (plain reuseport, no launcher)."""
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
         raise StartError("--listen %s: expected HOST:PORT, [V6]:PORT or :PORT" % addr)
     v6 = host.startswith("[") and host.endswith("]")
     host = host[1:-1] if v6 else (host or "0.0.0.0")
     try:
-        return socket.create_server((host, int(port)), backlog=1024,
+        return socket.create_server((host, int(port)), backlog=1024, reuse_port=True,
                                     family=socket.AF_INET6 if v6 else socket.AF_INET)
     except OSError as e:
         raise StartError("--listen %s: %s" % (addr, e.strerror or e)) from None
@@ -333,7 +334,9 @@ class Server:
     def _begin_drain(self):
         self.deadline = time.monotonic() + self.graceful_timeout
         if self.worker is not None:
-            self.worker.set_draining()
+            # Hand the slot over now: a replacement (HUP reload) may attach to it
+            # while we finish our connections, and a slot has one writer.
+            self.worker.detach()
         for fd, s in self.listeners.items():
             self.ep.unregister(fd)
             s.close()       # our fd only: the launcher still holds the socket

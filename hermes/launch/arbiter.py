@@ -26,6 +26,7 @@ QUICK_EXIT_S = 1.0        # a worker dying sooner than this after start "failed 
 CRASH_LOOP = 5            # that many failed starts in a row: give up
 BACKOFF_MAX_S = 5.0
 TICK_S = 0.5
+READY_WAIT_S = 5.0        # a reload moves on after this even if a worker never attaches
 
 
 class LaunchError(Exception):
@@ -86,6 +87,7 @@ class Arbiter:
         self.old = {}             # pid -> deadline of workers told to stop
         self.stopping = None      # None | "graceful" | "fast"
         self.reloading = []       # slots still to replace in a HUP reload
+        self.reload_wait = None   # (slot, deadline): its new worker is starting
         self.signals = []
         self.ctl = None
         self.pin_dir = None
@@ -281,6 +283,8 @@ class Arbiter:
         for slot in self.slots:
             if slot.pid is None:
                 t = min(t, max(0.0, slot.next_start - now))
+        if self.reload_wait:
+            t = min(t, 0.02)
         return t
 
     def _on_signal(self, signum, frame):
@@ -338,7 +342,7 @@ class Arbiter:
         for slot in self.slots:
             if slot.pid is None and now >= slot.next_start:
                 self._start(slot)
-        if self.reloading:
+        if self.reloading or self.reload_wait:
             self._reload_next()
 
     def _reap(self, block=False):
@@ -469,6 +473,12 @@ class Arbiter:
         self._reload_next()
 
     def _reload_next(self):
+        """Replace the next slot's worker once the previous replacement is ready."""
+        if self.reload_wait is not None:
+            slot, deadline = self.reload_wait
+            if slot.pid and not self._ready(slot) and time.monotonic() < deadline:
+                return
+            self.reload_wait = None
         while self.reloading:
             slot = self.reloading.pop(0)
             if slot.pid:
@@ -476,10 +486,18 @@ class Arbiter:
             slot.pid = None
             slot.failures = 0
             self._start(slot)
-            if self.cfg.reload_all:
-                continue
-            return
+            if not self.cfg.reload_all:
+                self.reload_wait = (slot, time.monotonic() + READY_WAIT_S)
+                return
         sd_notify("READY=1")
+
+    def _ready(self, slot):
+        """Has slot's worker attached (published its pid)?  Unknowable without the SDK."""
+        if not self.dispatchers:
+            return time.monotonic() - slot.started > 0.5
+        st = self.dispatchers[0].state
+        s = st.slot(slot.id)
+        return s["pid"] == slot.pid and s["layout"] == st.layout.value
 
     def grow(self):
         n = len(self.slots)
