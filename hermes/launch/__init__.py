@@ -17,6 +17,7 @@ import sys
 
 from .. import __version__, control
 from ..state import DEFAULTS
+from .observe import DEFAULT_INTERVAL_MS
 
 EXIT_FAIL = 1
 EXIT_USAGE = 2
@@ -69,6 +70,13 @@ def build_parser():
                    default=DEFAULTS["stale_limit_ms"],
                    help="ignore a bitmap no scheduler refreshed for this long "
                    "(default: %(default)s)")
+    p.add_argument("--observe", choices=("auto", "off"), default="auto",
+                   help="auto (default): a worker that does not attach the SDK within a "
+                   "second is observed from outside (/proc, its accept queue) and published "
+                   "for it; off: only SDK workers publish state")
+    p.add_argument("--observe-interval", metavar="MS", type=_positive(float),
+                   default=DEFAULT_INTERVAL_MS,
+                   help="how often observed workers are sampled (default: %(default)s)")
     p.add_argument("--kill-timeout", metavar="S", type=_positive(float), default=0,
                    help="replace a worker busy longer than this; 0 = never (default)")
     p.add_argument("--graceful-timeout", metavar="S", type=_positive(float), default=30,
@@ -113,6 +121,10 @@ class Config:
                        "stale_limit_ms": args.stale_limit}
         if args.hang_threshold <= 0 or args.stale_limit <= 0:
             raise ValueError("--hang-threshold and --stale-limit must be > 0")
+        self.observe = args.observe
+        self.observe_interval = args.observe_interval
+        if self.observe_interval <= 0:
+            raise ValueError("--observe-interval must be > 0")
         self.kill_timeout = args.kill_timeout
         self.graceful_timeout = args.graceful_timeout
         self.reload_all = args.reload_all

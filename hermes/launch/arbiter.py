@@ -93,6 +93,8 @@ class Arbiter:
         self.pin_dir = None
         self.started = time.monotonic()
         self.wake_r = self.wake_w = None
+        self.observer = None
+        self.ready_sent = False
 
     # --- set-up and tear-down ------------------------------------------------------------
     def setup(self):
@@ -176,6 +178,10 @@ class Arbiter:
             raise LaunchError("cannot load the dispatcher: %s" % msg) from None
         for i in range(n):
             self.slots.append(Slot(i, [d.sockets[i] for d in self.dispatchers]))
+        if cfg.observe != "off":
+            from .observe import Observer
+            self.observer = Observer(self.dispatchers[0].state, cfg.observe_interval,
+                                     accept_queue)
         self._pin()
 
     def _pin(self):
@@ -219,6 +225,8 @@ class Arbiter:
         for pid in self._children():
             _kill(pid, signal.SIGKILL)
         self._reap(block=True)
+        if self.observer is not None:
+            self.observer.close()
         for d in self.dispatchers:
             d.close()
         for s in self.shared + [s for socks in getattr(self, "per_slot", {}).values()
@@ -252,30 +260,43 @@ class Arbiter:
         log.info("serving %s with %d workers, dispatch %s",
                  ", ".join(_sockets.format_address(*a) for a in self.addresses),
                  len(self.slots), self.cfg.dispatch)
-        sd_notify("READY=1\nSTATUS=%d workers, dispatch %s\nMAINPID=%d"
-                  % (len(self.slots), self.cfg.dispatch, os.getpid()))
+        # READY=1 once every worker has attached (or READY_WAIT_S passed), so
+        # `systemctl start` and tests return to a pool that serves from all of them.
+        ready_by = time.monotonic() + READY_WAIT_S
+        next_watch = 0.0
         while True:
             try:
-                select.select([self.wake_r, self.ctl], [], [], self._timeout())
+                ready, _, _ = select.select([self.wake_r, self.ctl], [], [], self._timeout())
             except InterruptedError:
-                pass
-            try:
-                while os.read(self.wake_r, 512):
+                ready = [self.wake_r]
+            if self.wake_r in ready:
+                try:
+                    while os.read(self.wake_r, 512):
+                        pass
+                except BlockingIOError:
                     pass
-            except BlockingIOError:
-                pass
-            self._handle_signals()
-            self._reap()
+                self._handle_signals()      # SIGCHLD included: reaps
             if self.stopping:
                 if not self._children():
                     return 0
                 self._enforce_deadlines()
                 continue
+            now = time.monotonic()
+            if ready_by and (now >= ready_by or all(map(self._ready, self.slots))):
+                ready_by = None
+                self.ready_sent = True
+                sd_notify("READY=1\nSTATUS=%d workers, dispatch %s\nMAINPID=%d"
+                          % (len(self.slots), self.cfg.dispatch, os.getpid()))
             self._start_due()
-            self._watch()
-            self._check_hangs()
-            self._enforce_deadlines()
-            self._serve_control()
+            if self.observer is not None and self.observer.due(now):
+                self.observer.sample()
+            if now >= next_watch:            # the slower duties: at a quarter threshold
+                next_watch = now + self._watch_every()
+                self._watch()
+                self._check_hangs()
+                self._enforce_deadlines()
+            if self.ctl in ready:
+                self._serve_control()
 
     def _timeout(self):
         now = time.monotonic()
@@ -283,8 +304,10 @@ class Arbiter:
         for slot in self.slots:
             if slot.pid is None:
                 t = min(t, max(0.0, slot.next_start - now))
-        if self.reload_wait:
+        if self.reload_wait or not self.ready_sent:
             t = min(t, 0.02)
+        if self.observer is not None and self.observer.watched:
+            t = min(t, max(0.0, self.observer.next - now))
         return t
 
     def _on_signal(self, signum, frame):
@@ -294,7 +317,7 @@ class Arbiter:
         while self.signals:
             sig = self.signals.pop(0)
             if sig == signal.SIGCHLD:
-                continue
+                self._reap()
             if sig == signal.SIGTERM:
                 self.stop("graceful")
             elif sig in (signal.SIGINT, signal.SIGQUIT):
@@ -335,6 +358,8 @@ class Arbiter:
         slot.started_ns = time.monotonic_ns()
         if self.dispatchers:
             self.dispatchers[0].state.set_stuck(slot.id, False)
+        if self.observer is not None:
+            self.observer.track(slot.id, slot.pid, slot.sockets)
         log.debug("worker %d: started pid %d", slot.id, slot.pid)
 
     def _start_due(self):
@@ -364,6 +389,8 @@ class Arbiter:
             return
         slot.pid = None
         slot.last_status = status
+        if self.observer is not None:
+            self.observer.forget(slot.id)
         self._forget(slot)
         if self.stopping:
             return
@@ -492,7 +519,10 @@ class Arbiter:
         sd_notify("READY=1")
 
     def _ready(self, slot):
-        """Has slot's worker attached (published its pid)?  Unknowable without the SDK."""
+        """Has slot's worker attached, or been taken under observation?  Without
+        either (other dispatch modes) there is no telling: give it half a second."""
+        if not slot.pid:
+            return False
         if not self.dispatchers:
             return time.monotonic() - slot.started > 0.5
         st = self.dispatchers[0].state
@@ -527,6 +557,8 @@ class Arbiter:
             log.warning("TTOU: keeping the last worker")
             return
         slot = self.slots.pop()
+        if self.observer is not None:
+            self.observer.forget(slot.id)
         if slot in self.reloading:
             self.reloading.remove(slot)
         if slot.pid:
@@ -609,6 +641,7 @@ class Arbiter:
         now = time.monotonic_ns()
         for slot in self.slots:
             w = {"id": slot.id, "pid": slot.pid, "restarts": slot.restarts, "state": None,
+                 "observed": None,
                  "eligible": None, "loop_age_ms": None, "busy_ms": None, "pending": None,
                  "conns": None, "dispatched": None}
             if st is not None:
@@ -619,6 +652,7 @@ class Arbiter:
                 busy = s["busy_since_ns"]
                 busy_ns = now - busy if busy and now > busy else 0
                 w.update(eligible=bool(st.bitmap(g) >> bit & 1) and not drained,
+                         observed=bool(s["flags"] & lay.OBSERVED),
                          loop_age_ms=_ms(now - s["heartbeat_ns"]) if s["heartbeat_ns"] else None,
                          busy_ms=_ms(busy_ns), pending=s["pending"], conns=s["conns"],
                          dispatched=dispatched[slot.id] if slot.id < len(dispatched) else 0)
