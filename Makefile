@@ -10,6 +10,10 @@ BPFFLAGS := -O2 -g -target bpf -D__TARGET_ARCH_$(ARCH) -I$(BUILD) -Ibpf -Wall -W
 BPF_OBJS  := $(patsubst bpf/%.bpf.c,$(BUILD)/%.bpf.o,$(wildcard bpf/*.bpf.c))
 TEST_OBJS := $(patsubst tests/bpf/%.bpf.c,$(BUILD)/tests/%.bpf.o,$(wildcard tests/bpf/*.bpf.c))
 DEB_TOOLS := clang llvm libbpf-dev bpftool make python3-pytest
+# Test-only: a real server no one here wrote (observed mode), and ss(8).
+DEB_TOOLS += python3-uvicorn iproute2
+# make deb and its test: package build, lint, man page checks, the C SDK header test.
+DEB_TOOLS += build-essential dpkg-dev debhelper dh-python lintian man-db mandoc
 
 .PHONY: all test-objs test deps clean bench-loader
 all: $(BPF_OBJS)
@@ -42,3 +46,30 @@ deps:
 
 clean:
 	rm -rf $(BUILD)
+
+# The Debian package, built from a copy of the tree so the package build's clean
+# step cannot touch this build/: the .deb ends up in $(BUILD)/deb/.
+.PHONY: deb
+deb:
+	rm -rf $(BUILD)/deb
+	mkdir -p $(BUILD)/deb/hermes
+	tar -c --exclude=./build --exclude=./.git --exclude=__pycache__ --exclude=.pytest_cache . \
+		| tar -x -C $(BUILD)/deb/hermes
+	cd $(BUILD)/deb/hermes && dpkg-buildpackage -us -uc -b
+	@ls $(BUILD)/deb/*.deb
+
+# Benchmarks against the peers (issue 7): wrk from Debian drives the cases; the
+# soak is a reliability run (>= 10 minutes), not part of `make test`.
+.PHONY: bench-deps bench bench-quick soak
+bench-deps:
+	@dpkg-query -W -f='$${Status}\n' wrk 2>/dev/null | grep -q '^install ok installed' || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; }
+
+bench: all bench-deps
+	$(PYTHON) bench/run
+
+bench-quick: all bench-deps
+	$(PYTHON) bench/run --quick
+
+soak: all
+	$(PYTHON) bench/run soak --minutes $(or $(SOAK_MINUTES),10)
