@@ -51,7 +51,17 @@ def cmd_status(args):
         print(line)
     print()
     print(counters(reply))
+    for line in warnings(reply):
+        print(line)
     return 0
+
+
+def warnings(reply):
+    """What the launcher found inconsistent in shared memory (a buggy or hostile worker)."""
+    out = ["warning: %s" % w for w in reply.get("warnings") or ()]
+    for w in reply.get("workers") or ():
+        out += ["warning: worker %s: %s" % (w["id"], x) for x in w.get("warnings") or ()]
+    return out
 
 
 # --- formatting ------------------------------------------------------------------------

@@ -630,7 +630,8 @@ class Arbiter:
                "dispatch": self.cfg.dispatch,
                "listen": [_sockets.format_address(*a) for a in self.addresses],
                "uptime_s": round(time.monotonic() - self.started, 3),
-               "policy": self._policy(), "workers": [], "fallbacks": {}, "selected": None}
+               "policy": self._policy(), "workers": [], "fallbacks": {}, "selected": None,
+               "warnings": []}
         st = self.dispatchers[0].state if self.dispatchers else None
         dispatched = None
         if st is not None:
@@ -656,6 +657,7 @@ class Arbiter:
                          loop_age_ms=_ms(now - s["heartbeat_ns"]) if s["heartbeat_ns"] else None,
                          busy_ms=_ms(busy_ns), pending=s["pending"], conns=s["conns"],
                          dispatched=dispatched[slot.id] if slot.id < len(dispatched) else 0)
+                w["warnings"] = slot_warnings(s, slot.pid, now, lay.value)
                 if slot.pid is None:
                     w["state"] = "restarting"
                 elif drained or s["flags"] & lay.DRAINING:
@@ -670,7 +672,45 @@ class Arbiter:
             else:
                 w["state"] = "restarting" if slot.pid is None else "running"
             out["workers"].append(w)
+        if st is not None:
+            out["warnings"] = pool_warnings(st, len(self.slots), now)
         return out
+
+
+# Workers share writable memory, so a buggy or hostile one can write anything.
+# It can skew dispatch within the pool, never route outside it (the dispatcher
+# only selects sockets the launcher put in the array); status says what looks off.
+IMPLAUSIBLE = 1 << 32           # more pending events or connections than any host has
+FUTURE_NS = 1000000000          # a timestamp this far ahead of our clock is not skew
+
+
+def slot_warnings(s, pid, now, layout):
+    out = []
+    if s["layout"] not in (0, layout):
+        out.append("slot layout word %#x is not this Hermes' %#x" % (s["layout"], layout))
+    if pid and s["layout"] == layout and s["pid"] != pid:
+        out.append("slot claims pid %d, but the worker is pid %d" % (s["pid"], pid))
+    for f in ("busy_since_ns", "heartbeat_ns"):
+        if s[f] > now + FUTURE_NS:
+            out.append("%s is %.1f s in the future" % (f, (s[f] - now) / 1e9))
+    for f in ("pending", "conns"):
+        if s[f] >= IMPLAUSIBLE:
+            out.append("%s = %d is implausible" % (f, s[f]))
+    return out
+
+
+def pool_warnings(st, nr, now):
+    out = []
+    lay = st.layout
+    for g in range(-(-nr // lay.group_size)):
+        in_group = min(lay.group_size, nr - g * lay.group_size)
+        extra = st.bitmap(g) >> in_group if in_group < 64 else 0
+        if extra:
+            out.append("group %d bitmap names workers beyond the pool (%#x)" % (g, st.bitmap(g)))
+        if st.stamp_ns(g) > now + FUTURE_NS:
+            out.append("group %d bitmap stamp is %.1f s in the future"
+                       % (g, (st.stamp_ns(g) - now) / 1e9))
+    return out
 
 
 _TCP_INFO = struct.Struct("8xIIIII")   # struct tcp_info up to tcpi_unacked (offset 24)
