@@ -193,3 +193,35 @@ def test_peer_modes_serve(launcher, mode):
     assert {lch.whoami()["worker"] for _ in range(150)} <= {0, 1, 2}
     assert lch.get("/")[0] == 200
     assert all(w["state"] == "running" for w in lch.status()["workers"])
+
+
+def _as_nobody():
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+
+
+def test_without_bpf_privilege_says_what_is_missing(bpf, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(run, 0o777)
+    env = dict(os.environ, HERMES_RUN_DIR=str(run), PYTHONPATH=ROOT)
+    r = subprocess.run(["/usr/bin/python3", "-m", "hermes.launch", "--listen", "127.0.0.1:0",
+                        "--workers", "1", "--name", "noperm-%d" % os.getpid()],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+                       preexec_fn=_as_nobody)
+    assert r.returncode == 2
+    line, = r.stderr.strip().splitlines()
+    assert "CAP_BPF" in line and "--dispatch reuseport" in line, line
+
+
+def test_workers_run_as_the_given_user(launcher):
+    lch = launcher("--user", "nobody", workers=2,
+                   command=["/usr/bin/python3", "-m", "hermes.demo"])
+    for pid in lch.worker_pids():
+        uids = [l for l in open("/proc/%d/status" % pid) if l.startswith("Uid:")][0].split()
+        assert uids[1:] == ["65534"] * 4
+        caps = [l for l in open("/proc/%d/status" % pid) if l.startswith("CapEff:")][0]
+        assert int(caps.split()[1], 16) == 0
+    assert lch.get("/")[0] == 200

@@ -172,9 +172,11 @@ class Arbiter:
         except (BPFError, LayoutError) as e:
             msg = str(e).split("\n", 1)[0]
             if "EPERM" in msg or "EACCES" in msg:
-                raise LaunchError("cannot load the dispatcher (%s): run as root (CAP_BPF and "
-                                  "CAP_NET_ADMIN), or use --dispatch reuseport to run without "
-                                  "BPF" % msg) from None
+                from .caps import FOR_DISPATCH, missing
+                lack = missing(FOR_DISPATCH) or ["a capability the kernel asked for"]
+                raise LaunchError("cannot load the dispatcher: lacking %s (%s); run as root, "
+                                  "or use --dispatch reuseport to run without BPF"
+                                  % (" and ".join(lack), msg)) from None
             raise LaunchError("cannot load the dispatcher: %s" % msg) from None
         for i in range(n):
             self.slots.append(Slot(i, [d.sockets[i] for d in self.dispatchers]))
