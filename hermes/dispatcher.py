@@ -9,7 +9,7 @@ launcher uses it; so do tests that need a pool without a launcher.
 import os
 import socket
 
-from .bpf import NotSupported, SyscallError, features, load_collection
+from .bpf import SyscallError, features, load_collection
 from .layout import Layout
 from .state import ENV_OBJ, ENV_SCHED_FD, ENV_SLOT, ENV_WST_FD, SharedState
 
@@ -18,8 +18,9 @@ SO_DETACH_REUSEPORT_BPF = 68    # Linux 5.14
 
 
 def has_migrate():
-    """sk_reuseport/migrate needs Linux 5.14 (BPF_SK_REUSEPORT_SELECT_OR_MIGRATE)."""
-    return features.kernel_release() >= (5, 14)
+    """sk_reuseport/migrate (Linux 5.14), probed: BPF_SK_REUSEPORT_SELECT_OR_MIGRATE
+    and md->migrating_sk."""
+    return features.supported("sk_reuseport/migrate")
 
 
 SHARED_MAPS = ("hermes_wst", "hermes_sched", "hermes_stats")
@@ -33,21 +34,23 @@ class Dispatcher:
     """
 
     def __init__(self, nr_workers, obj=None, migrate=None, share=None, **policy):
+        self.migrate = has_migrate() if migrate is None else migrate
+        if self.migrate:
+            features.require("sk_reuseport/migrate")
+        # Only the program in use is loaded: older verifiers reject the other.
+        prog = "hermes_migrate" if self.migrate else "hermes_select"
         if share is not None:
             self.layout = share.layout
-            self.coll = load_collection(self.layout.spec, maps={
+            self.coll = load_collection(self.layout.spec, programs=[prog], maps={
                 n: share.coll.maps[n] for n in SHARED_MAPS})
         else:
             self.layout = Layout.load(obj)
-            self.coll = load_collection(self.layout.spec)
+            self.coll = load_collection(self.layout.spec, programs=[prog])
         try:
             self.state = SharedState.from_collection(self.layout, self.coll)
             if share is None:
                 self.state.init_policy(nr_workers, **policy)
-            self.migrate = has_migrate() if migrate is None else migrate
-            if self.migrate and not has_migrate():
-                raise NotSupported("sk_reuseport/migrate", "5.14")
-            self.prog = self.coll.programs["hermes_migrate" if self.migrate else "hermes_select"]
+            self.prog = self.coll.programs[prog]
         except BaseException:
             self.coll.close()
             raise

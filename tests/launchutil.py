@@ -41,6 +41,14 @@ class Launcher:
             else:
                 os.environ["HERMES_RUN_DIR"] = old
 
+    def ready(self, n=None):
+        """Wait until n workers (all, by default) run and have attached."""
+        def check():
+            ws = self.status()["workers"]
+            return (n is None or len(ws) == n) and \
+                all(w["pid"] and w["state"] not in ("starting", "restarting") for w in ws)
+        return self.wait_until(check, what="workers ready")
+
     def worker_pids(self):
         return [w["pid"] for w in self.status()["workers"]]
 

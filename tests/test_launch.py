@@ -129,8 +129,9 @@ def test_crashed_worker_is_replaced(launcher):
     lch = launcher(workers=2)
     old = lch.worker_pids()
     os.kill(old[0], signal.SIGKILL)
-    st = lch.wait_until(lambda: (lambda s: s if s["workers"][0]["pid"] not in (None, old[0])
-                                 else None)(lch.status()), what="a replacement")
+    lch.wait_until(lambda: lch.worker_pids()[0] not in (None, old[0]), what="a replacement")
+    st = lch.ready()
+    st = lch.status()
     assert st["workers"][0]["restarts"] == 1 and st["workers"][1]["pid"] == old[1]
     assert {lch.whoami()["worker"] for _ in range(60)} == {0, 1}
 
@@ -141,9 +142,9 @@ def test_reload_and_resize(launcher):
     lch.proc.send_signal(signal.SIGHUP)
     lch.wait_until(lambda: not old & set(lch.worker_pids()) and all(lch.worker_pids()),
                    what="every worker replaced")
+    lch.ready()
     lch.proc.send_signal(signal.SIGTTIN)
-    lch.wait_until(lambda: len(lch.worker_pids()) == 3 and all(lch.worker_pids()),
-                   what="a third worker")
+    lch.ready(3)
     assert {lch.whoami()["worker"] for _ in range(120)} == {0, 1, 2}
     lch.proc.send_signal(signal.SIGTTOU)
     lch.wait_until(lambda: len(lch.worker_pids()) == 2, what="back to two")

@@ -161,8 +161,7 @@ def test_scale_down_and_up_under_load_loses_nothing(launcher):
         lch.wait_until(lambda: len(lch.worker_pids()) == 3, what="three workers")
         _steady(1.0)
         lch.proc.send_signal(signal.SIGTTIN)
-        lch.wait_until(lambda: len(lch.worker_pids()) == 4 and all(lch.worker_pids()),
-                       what="four workers")
+        lch.ready(4)
         _steady(1.0)
     assert len(load.results) > 50 and not failures(load.results), failures(load.results)
     assert 3 in {lch.whoami()["worker"] for _ in range(100)}   # the new slot receives

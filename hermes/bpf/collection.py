@@ -75,14 +75,23 @@ def pin_name(name):
     return name.replace(".", "_")
 
 
-def load(spec, pin_root="/sys/fs/bpf", kernel_btf=None, maps=None):
+def load(spec, pin_root="/sys/fs/bpf", kernel_btf=None, maps=None, programs=None):
     """Load `spec` (left unchanged) and return a Collection.
 
     maps={name: Map} uses existing maps instead of creating those (cilium/ebpf's
     MapReplacements): two loads of one object can share state.  They must match
     the definition; the caller keeps ownership.
+    programs=[names] loads only those programs (libbpf's autoload): an object can
+    carry a program an older kernel's verifier rejects, for use where it loads.
     """
+    from . import features
+    features.bump_memlock()
     spec = spec.copy()
+    if programs is not None:
+        unknown = set(programs) - set(spec.programs)
+        if unknown:
+            raise BPFError("no program named %s" % ", ".join(sorted(unknown)))
+        spec.programs = {n: p for n, p in spec.programs.items() if n in programs}
     coll = Collection()
     try:
         poisons = _relocate_core(spec, kernel_btf)

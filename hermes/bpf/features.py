@@ -8,10 +8,9 @@ fails (EPERM...) is raised, since "no" would be a lie.
 import errno
 import functools
 import os
-import re
 
 from . import asm, sys
-from .errors import NotSupported, SyscallError
+from .errors import NotSupported, SyscallError, VerifierError
 from .maps import Map
 from .prog import Program
 
@@ -21,8 +20,14 @@ _NO = (errno.EINVAL, errno.E2BIG, errno.EOPNOTSUPP, 524)   # 524: kernel-interna
 @functools.lru_cache(maxsize=None)
 def kernel_release():
     """(major, minor, patch) of the running kernel, e.g. (6, 18, 44)."""
-    nums = re.findall(r"\d+", os.uname().release)[:3]
-    return tuple(int(n) for n in nums + ["0"] * (3 - len(nums)))
+    # "6.1.0-56-amd64", "6.12.95+deb12-amd64": the leading digit runs.
+    nums = []
+    for part in os.uname().release.split(".")[:3]:
+        digits = part[:len(part) - len(part.lstrip("0123456789"))]
+        if not digits:
+            break
+        nums.append(int(digits))
+    return tuple(nums + [0] * (3 - len(nums)))
 
 
 def kernel_version_code():
@@ -154,3 +159,146 @@ def has_btf_kind(blob):
         raise
     os.close(fd)
     return True
+
+
+# --- What Hermes uses, each with the first Linux release that has it ---------------
+
+# struct sk_reuseport_md (uapi/linux/bpf.h): data, data_end (8-byte __bpf_md_ptr),
+# len, eth_protocol, ip_protocol, bind_inany, hash (u32), then sk (5.14, at 40) and
+# migrating_sk (5.14, at 48).
+_MD_MIGRATING_SK = 48
+_SK_PASS = 1
+BPF_FUNC_ktime_get_coarse_ns = 160     # Linux 5.11
+BPF_FUNC_loop = 181                    # Linux 5.17
+
+
+def _loads(prog_type, insns, expected_attach_type=0):
+    """Does this program load?  A verifier "no" (EACCES: unknown ctx field,
+    EINVAL: unknown helper) is "no"; other errors are raised."""
+    try:
+        with Program.load("probe", prog_type, asm.assemble(*insns),
+                          expected_attach_type=expected_attach_type):
+            return True
+    except SyscallError as e:
+        if e.errno in _NO or e.errno == errno.EACCES:
+            return False
+        raise
+
+
+@functools.lru_cache(maxsize=None)
+def has_helper(prog_type, helper_id):
+    """Can a program of this type call this helper?  The call is made with
+    whatever is in the registers: a verifier that knows the helper complains
+    about the arguments, one that does not says "invalid/unknown func"."""
+    try:
+        with Program.load("probe", prog_type, asm.assemble(
+                asm.call(helper_id), asm.mov64_imm(0, _SK_PASS), asm.exit())):
+            return True
+    except VerifierError as e:
+        return not ("invalid func " in e.log or "unknown func " in e.log)
+
+
+@functools.lru_cache(maxsize=None)
+def has_reuseport_migrate():
+    """sk_reuseport/migrate (Linux 5.14): the program reads md->migrating_sk,
+    a context field older verifiers reject."""
+    return _loads(sys.BPF_PROG_TYPE_SK_REUSEPORT,
+                  (asm.ldx_mem(asm.BPF_DW, 2, 1, _MD_MIGRATING_SK),
+                   asm.mov64_imm(0, _SK_PASS), asm.exit()),
+                  sys.BPF_SK_REUSEPORT_SELECT_OR_MIGRATE)
+
+
+_memlock_checked = False
+
+
+def bump_memlock():
+    """Before Linux 5.11 BPF memory counts against RLIMIT_MEMLOCK (64 KiB by
+    default on Debian 11): lift the limit there, as libbpf does, or the first
+    maps fail with EPERM.  5.11 moved the accounting to memory cgroups and added
+    bpf_ktime_get_coarse_ns, which is how libbpf tells, and so do we.  Best
+    effort: without CAP_SYS_RESOURCE the limit stays."""
+    global _memlock_checked
+    if _memlock_checked:
+        return
+    _memlock_checked = True
+    if has_helper(sys.BPF_PROG_TYPE_SOCKET_FILTER, BPF_FUNC_ktime_get_coarse_ns):
+        return
+    import resource
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK,
+                           (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    except (ValueError, OSError):
+        pass
+
+
+def has_kernel_btf():
+    """The kernel describes itself in BTF (Linux 5.4 with CONFIG_DEBUG_INFO_BTF)."""
+    return os.path.exists("/sys/kernel/btf/vmlinux")
+
+
+def _btf_kind(kind):
+    from . import btf
+    return has_btf_kind(btf.probe_blob(getattr(btf, "KIND_" + kind)))
+
+
+class Feature:
+    """A kernel feature Hermes uses: its probe, the Linux release that brought it,
+    and what happens without it."""
+
+    def __init__(self, name, version, probe, without):
+        self.name, self.version, self.probe, self.without = name, version, probe, without
+
+    def supported(self):
+        return bool(self.probe())
+
+    def require(self):
+        """Raise NotSupported("<name>: not supported: needs Linux X.Y") when absent."""
+        if not self.supported():
+            raise NotSupported(self.name, self.version)
+
+
+# The table in the README is generated from these minimum versions
+# (`hermesctl bpf features --table`); keep it ordered by version.
+FEATURES = (
+    Feature("kernel BTF", "5.4", has_kernel_btf,
+            "required: CO-RE relocates against /sys/kernel/btf/vmlinux"),
+    Feature("mmapable arrays", "5.5", has_mmapable_array,
+            "required: the Worker Status Table is shared memory"),
+    Feature("bpf_ktime_get_coarse_ns", "5.11",
+            lambda: has_helper(sys.BPF_PROG_TYPE_SK_REUSEPORT, BPF_FUNC_ktime_get_coarse_ns),
+            "the dispatcher reads the exact clock (CO-RE enum check)"),
+    Feature("BTF FLOAT", "5.13", lambda: _btf_kind("FLOAT"),
+            "the loader strips it from objects' BTF"),
+    Feature("sk_reuseport/migrate", "5.14", has_reuseport_migrate,
+            "a closing listener's queued connections are not moved: "
+            "the launcher keeps each listener open until its queue drains"),
+    Feature("BTF DECL_TAG", "5.16", lambda: _btf_kind("DECL_TAG"),
+            "the loader strips it from objects' BTF"),
+    Feature("BTF TYPE_TAG", "5.17", lambda: _btf_kind("TYPE_TAG"),
+            "the loader strips it from objects' BTF"),
+    Feature("bpf_loop", "5.17",
+            lambda: has_helper(sys.BPF_PROG_TYPE_SOCKET_FILTER, BPF_FUNC_loop),
+            "objects calling it fail to load, with the verifier's reason (as with libbpf)"),
+    Feature("BTF ENUM64", "6.0", lambda: _btf_kind("ENUM64"),
+            "the loader strips it from objects' BTF"),
+)
+BY_NAME = {f.name: f for f in FEATURES}
+
+
+def supported(name):
+    return BY_NAME[name].supported()
+
+
+def require(name):
+    BY_NAME[name].require()
+
+
+def _vkey(version):
+    return tuple(int(x) for x in version.split("."))
+
+
+def table(kernels=("5.10", "6.1", "6.12")):
+    """Rows (feature, since, {kernel: bool}, without): which of these kernel
+    releases have each feature, by the minimum versions above (no probing)."""
+    return [(f.name, f.version, {k: _vkey(k) >= _vkey(f.version) for k in kernels}, f.without)
+            for f in FEATURES]

@@ -30,6 +30,16 @@ def register(sub):
     ip.add_argument("--json", action="store_true", help="machine-readable output")
     ip.set_defaults(func=cmd_inspect)
 
+    fp = bsub.add_parser("features", help="which kernel features Hermes uses are here",
+                         description="Probe the running kernel for each feature Hermes uses "
+                         "(root), or with --table print which Debian kernels have each, "
+                         "from the features' minimum Linux versions (no probing).")
+    fp.add_argument("--table", action="store_true",
+                    help="Markdown table of the supported kernels (for the README)")
+    fp.add_argument("--kernels", metavar="X.Y,...", default="5.10,6.1,6.12",
+                    help="kernel releases for --table (default: %(default)s)")
+    fp.set_defaults(func=cmd_features)
+
 
 def _spec(path):
     from hermes.bpf import ParseError, load_spec
@@ -69,6 +79,28 @@ def cmd_load(args):
         print("hermesctl: %s: %s" % (args.obj, _one_line(e)), file=sys.stderr)
         return EXIT_USAGE if isinstance(e, ParseError) else EXIT_FAIL
     return 0
+
+
+def cmd_features(args):
+    from hermes.bpf import BPFError, features
+    if args.table:
+        kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
+        if not all(k.replace(".", "").isdigit() for k in kernels):
+            raise UsageError("--kernels %s: expected releases like 5.10,6.1" % args.kernels)
+        print("| Feature | Since | %s | Without it |" % " | ".join("Linux " + k for k in kernels))
+        print("|---|---|%s---|" % ("---|" * len(kernels)))
+        for name, since, have, without in features.table(kernels):
+            cells = " | ".join("yes" if have[k] else "**no**" for k in kernels)
+            print("| %s | %s | %s | %s |" % (name, since, cells, without))
+        return 0
+    status = 0
+    for f in features.FEATURES:
+        try:
+            verdict = "yes" if f.supported() else "not supported: needs Linux " + f.version
+        except BPFError as e:
+            verdict, status = "probe failed: " + _one_line(e), EXIT_FAIL
+        print("%-24s %-5s %s" % (f.name, f.version, verdict))
+    return status
 
 
 def _names(prefix):

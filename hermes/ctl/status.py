@@ -14,7 +14,7 @@ import json
 
 from . import UsageError
 
-STATES = ("idle", "busy", "hung", "draining", "restarting")
+STATES = ("idle", "busy", "hung", "draining", "starting", "restarting")
 
 COLUMNS = (("ID", ">"), ("PID", ">"), ("STATE", "<"), ("ELIGIBLE", "<"), ("LOOP AGE", ">"),
            ("BUSY", ">"), ("PENDING", ">"), ("CONNS", ">"), ("DISPATCHED", ">"),

@@ -662,6 +662,8 @@ class Arbiter:
                 w["warnings"] = slot_warnings(s, slot.pid, now, lay.value)
                 if slot.pid is None:
                     w["state"] = "restarting"
+                elif not self._ready(slot):
+                    w["state"] = "starting"       # not attached (nor observed) yet
                 elif drained or s["flags"] & lay.DRAINING:
                     w["state"] = "draining"
                 elif st.stuck(slot.id):

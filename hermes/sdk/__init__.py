@@ -31,6 +31,10 @@ _now = time.monotonic_ns     # CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns()
 class Worker:
     """This process's slot in the Worker Status Table."""
 
+    # Slots, not a dict: the hooks run every loop iteration (bench/sdk).
+    __slots__ = ("state", "slot", "pending", "conns", "_w", "_busy", "_heartbeat", "_pending",
+                 "_conns", "_flags", "_sched")
+
     def __init__(self, state, slot, layout_value=None):
         lay = state.layout
         expect = lay.value if layout_value is None else layout_value
@@ -88,8 +92,9 @@ class Worker:
             w[self._pending] = self.pending
 
     def event_done(self, n=1):
-        self.pending = max(0, self.pending - n)
-        self._w[self._pending] = self.pending
+        p = self.pending - n
+        self.pending = p = p if p > 0 else 0     # cheaper than max() on the hot path
+        self._w[self._pending] = p
 
     def set_pending(self, n):
         self.pending = n

@@ -42,11 +42,11 @@
 struct hermes_worker {
 	struct hermes_slot *self;   /* our slot; NULL when not attached (hooks do nothing) */
 	struct hermes_slot *first;  /* our group's first slot */
-	struct hermes_group *group; /* our group's bitmap, stamp and drain mask */
+	__u64 first_id;             /* and its number */
+	struct hermes_group *group; /* our group's bitmap, stamp and launcher's masks */
 	struct hermes_sched *sched;
 	struct hermes_slot *wst;
 	size_t wst_len, sched_len;
-	unsigned int nr;            /* workers in our group */
 	int slot;                   /* -1 when not attached */
 	__u64 pending, conns;       /* our own counts: we are their one writer */
 	char error[256];            /* why hermes_attach*() returned -1 */
@@ -142,7 +142,7 @@ static inline int hermes_attach(struct hermes_worker *w, int slot, int wst_fd, i
 	first = (__u64)slot / HERMES_GROUP_SIZE * HERMES_GROUP_SIZE;
 	w->slot = slot;
 	w->first = &w->wst[first];
-	w->nr = nr - first < HERMES_GROUP_SIZE ? (unsigned int)(nr - first) : HERMES_GROUP_SIZE;
+	w->first_id = first;
 	w->group = &w->sched->group[first / HERMES_GROUP_SIZE];
 	w->self = s = &w->wst[slot];
 
@@ -203,38 +203,49 @@ __extension__ typedef unsigned __int128 hermes_wide;
 typedef __u64 hermes_wide;
 #endif
 
-/* Keep the members of `alive` whose v[i] <= avg * (1 + θ), i.e. v * n * 1000 <= sum * k. */
-static inline __u64 hermes_filter(__u64 alive, const __u64 *v, unsigned int nr, __u64 k)
+/* The members of `alive` (`n` of them) whose v[i] <= avg * (1 + θ), that is
+ * v * n * 1000 <= sum * k; unless that would leave fewer than two, as the
+ * dispatcher needs two to spread over (then the filter is skipped). */
+static inline __u64 hermes_filter(__u64 alive, unsigned int *n, const __u64 *v,
+				  unsigned int size, __u64 k)
 {
-	hermes_wide sum = 0, n = 0;
+	hermes_wide sum = 0, n1000 = (hermes_wide)*n * 1000;
 	__u64 keep = 0;
-	unsigned int i;
+	unsigned int i, kept = 0;
 
-	for (i = 0; i < nr; i++)
-		if (alive >> i & 1) {
+	if (*n < 3)
+		return alive;
+	for (i = 0; i < size; i++)
+		if (alive >> i & 1)
 			sum += v[i];
-			n += 1000;
-		}
-	for (i = 0; i < nr; i++)
-		if ((alive >> i & 1) && (hermes_wide)v[i] * n <= sum * k)
+	for (i = 0; i < size; i++)
+		if ((alive >> i & 1) && (hermes_wide)v[i] * n1000 <= sum * k) {
 			keep |= 1ULL << i;
+			kept++;
+		}
+	if (kept < 2)
+		return alive;
+	*n = kept;
 	return keep;
 }
 
 /* The group's bitmap for its current state (publishes nothing). */
 static inline __u64 hermes_compute(const struct hermes_worker *w, __u64 now)
 {
+	__u64 nr = hermes_load(&w->sched->policy.nr_workers);   /* the pool can be resized */
 	__u64 thresh = hermes_load(&w->sched->policy.hang_threshold_ns);
-	__u64 drained = hermes_load(&w->group->drain_mask);
+	__u64 out = hermes_load(&w->group->drain_mask) | hermes_load(&w->group->stuck_mask);
 	__u64 conns[HERMES_GROUP_SIZE], pending[HERMES_GROUP_SIZE];
 	__u64 alive = 0, busy, k;
-	unsigned int i, n = 0;
+	unsigned int i, n = 0, size = 0;
 
-	for (i = 0; i < w->nr; i++) {
+	if (nr > w->first_id)
+		size = nr - w->first_id < HERMES_GROUP_SIZE ? nr - w->first_id : HERMES_GROUP_SIZE;
+	for (i = 0; i < size; i++) {
 		const struct hermes_slot *s = &w->first[i];
 
 		if (hermes_load(&s->layout) != HERMES_LAYOUT ||
-		    hermes_load(&s->flags) & HERMES_SLOT_DRAINING || drained >> i & 1)
+		    hermes_load(&s->flags) & HERMES_SLOT_DRAINING || out >> i & 1)
 			continue;
 		busy = hermes_load(&s->busy_since_ns);
 		/* Busy past the threshold is hung; a stamp from the future is not. */
@@ -245,12 +256,9 @@ static inline __u64 hermes_compute(const struct hermes_worker *w, __u64 now)
 		conns[i] = hermes_load(&s->conns);
 		pending[i] = hermes_load(&s->pending);
 	}
-	if (n > 1) {
-		k = 1000 + hermes_load(&w->sched->policy.theta_permille);
-		alive = hermes_filter(alive, conns, w->nr, k);
-		alive = hermes_filter(alive, pending, w->nr, k);
-	}
-	return alive;
+	k = 1000 + hermes_load(&w->sched->policy.theta_permille);
+	alive = hermes_filter(alive, &n, conns, size, k);
+	return hermes_filter(alive, &n, pending, size, k);
 }
 
 /* Compute and publish: the bitmap, then its freshness stamp. */
@@ -265,7 +273,9 @@ static inline __u64 hermes_schedule(struct hermes_worker *w, __u64 now)
 
 /* --- loop hooks: a few word stores each; no-ops when not attached ------------------ */
 
-/* End of a loop iteration, about to block: schedule, then mark idle (not hung). */
+/* End of a loop iteration, about to block: mark idle, then schedule.  Idle first:
+ * a worker back from a long iteration is no longer hung, and must not take itself
+ * out of the bitmap it is about to write. */
 static inline void hermes_before_poll(struct hermes_worker *w)
 {
 	__u64 now;
@@ -273,9 +283,9 @@ static inline void hermes_before_poll(struct hermes_worker *w)
 	if (!w->self)
 		return;
 	now = hermes_now();
-	hermes_schedule(w, now);
-	hermes_store(&w->self->heartbeat_ns, now);
 	hermes_store(&w->self->busy_since_ns, 0);
+	hermes_store(&w->self->heartbeat_ns, now);
+	hermes_schedule(w, now);
 }
 
 /* Poll returned: busy from now on, with `nevents` more to handle. */
@@ -330,13 +340,16 @@ static inline void hermes_set_draining(struct hermes_worker *w, int draining)
 	hermes_store(&w->self->flags, draining ? HERMES_SLOT_DRAINING : 0);
 }
 
-/* Leave the pool (the scheduler stops counting this slot) and unmap the state. */
+/* Leave the pool and unmap the state; later hooks do nothing.  A replacement may
+ * already own the slot (graceful reload): then the slot is left alone. */
 static inline void hermes_detach(struct hermes_worker *w)
 {
 	if (!w->self)
 		return;
-	hermes_store(&w->self->layout, 0);
-	hermes_store(&w->self->busy_since_ns, 0);
+	if (hermes_load(&w->self->pid) == (__u64)getpid()) {
+		hermes_store(&w->self->layout, 0);
+		hermes_store(&w->self->busy_since_ns, 0);
+	}
 	hermes_unmap(w);
 }
 

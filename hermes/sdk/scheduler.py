@@ -15,13 +15,19 @@ the kernel's hash, which reaches hung workers too.  Only the hang filter (1.)
 may shrink the set further.
 """
 
+import struct
+from itertools import compress
+
+# What the cascade reads of each slot, in the order compute() takes them.
+_FIELDS = ("busy_since_ns", "pending", "conns", "flags", "layout")
+
 
 class Scheduler:
     """Computes and publishes one group's bitmap from the mmap'd state."""
 
-    __slots__ = ("wst", "sched", "first", "size", "nr", "w_nr", "lo", "hi", "stride", "busy",
-                 "conns", "pending", "flags", "lay", "value", "draining", "w_bitmap", "w_stamp",
-                 "w_drain", "w_stuck", "w_thresh", "w_theta")
+    __slots__ = ("wst", "sched", "first", "size", "nr", "w_nr", "stride", "words", "offset",
+                 "readers", "value", "draining", "w_bitmap", "w_stamp", "w_drain", "w_stuck",
+                 "w_thresh", "w_theta")
 
     def __init__(self, state, group):
         lay = state.layout
@@ -29,11 +35,11 @@ class Scheduler:
         self.first = group * lay.group_size
         self.size = lay.group_size
         self.stride = lay.slot_words
+        self.words = [lay.slot[f] for f in _FIELDS]
+        self.offset = self.first * self.stride * 8
         self.w_nr = lay.policy_word("nr_workers")
         self.nr = None
-        self.busy, self.conns = lay.slot["busy_since_ns"], lay.slot["conns"]
-        self.pending, self.flags = lay.slot["pending"], lay.slot["flags"]
-        self.lay, self.value = lay.slot["layout"], lay.value
+        self.value = lay.value
         self.draining = lay.DRAINING
         self.w_bitmap = lay.group_word(group, "bitmap")
         self.w_stamp = lay.group_word(group, "stamp_ns")
@@ -46,7 +52,12 @@ class Scheduler:
         """The pool can grow or shrink (TTIN/TTOU): follow nr_workers."""
         n = max(0, min(self.size, nr - self.first))
         self.nr = nr
-        self.lo, self.hi = self.first * self.stride, (self.first + n) * self.stride
+        # One native unpack per field reads it from every slot of the group: a
+        # memcpy per word, like memoryview's own reads, and no Python loop.
+        gap = "Q%dx" % ((self.stride - 1) * 8)
+        self.readers = tuple(
+            struct.Struct("@%dx" % (w * 8) + gap * (n - 1) + "Q" * min(n, 1)).unpack_from
+            for w in self.words)
 
     def compute(self, now):
         """The bitmap for the group's current state (publishes nothing)."""
@@ -54,40 +65,41 @@ class Scheduler:
         nr = sched[self.w_nr]
         if nr != self.nr:
             self._bounds(nr)
-        wst, lo, hi, s = self.wst, self.lo, self.hi, self.stride
-        # One strided read per field the cascade uses, not whole slots.
-        lays = wst[lo + self.lay:hi:s].tolist()
-        flags = wst[lo + self.flags:hi:s].tolist()
-        busy = wst[lo + self.busy:hi:s].tolist()
-        conns = wst[lo + self.conns:hi:s].tolist()
-        pending = wst[lo + self.pending:hi:s].tolist()
+        wst, at = self.wst, self.offset
+        r_busy, r_pending, r_conns, r_flags, r_layout = self.readers
+        busy, pending, conns = r_busy(wst, at), r_pending(wst, at), r_conns(wst, at)
+        flags, lays = r_flags(wst, at), r_layout(wst, at)
         thresh = sched[self.w_thresh]
         out = sched[self.w_drain] | sched[self.w_stuck]
         k = 1000 + sched[self.w_theta]
         value, n = self.value, len(busy)
-        # Fast path, the usual case: everyone attached, none out or hung, no count
-        # over its bound.  Built-in list methods instead of a loop; it only answers
-        # "all of them" when the cascade below would, and any doubt falls through.
-        if (n and lays.count(value) == n and flags.count(0) == n
-                and not out & ((1 << n) - 1)
-                and min(filter(None, busy), default=now) > now - thresh
-                and max(conns) * n * 1000 <= sum(conns) * k
-                and max(pending) * n * 1000 <= sum(pending) * k):
-            return (1 << n) - 1
-        # A timestamp from the future (clock skew, garbage) is not a hang.
-        draining = self.draining
-        alive = [i for i, b in enumerate(busy)
-                 if lays[i] == value and not flags[i] & draining and not out >> i & 1
-                 and (b == 0 or now <= b or now - b < thresh)]
+        if not n:
+            return 0
+        # Built-in tuple methods settle the usual cases without a Python loop; they
+        # only answer when the loop would answer the same, and any doubt takes it.
+        if (lays.count(value) == n and flags.count(0) == n and not out & ((1 << n) - 1)
+                and (busy.count(0) == n or min(filter(None, busy)) > now - thresh)):
+            # All attached, none out, none hung; and if no count is over its bound:
+            if ((conns.count(conns[0]) == n or max(conns) * n * 1000 <= sum(conns) * k)
+                    and (pending.count(pending[0]) == n
+                         or max(pending) * n * 1000 <= sum(pending) * k)):
+                return (1 << n) - 1
+            alive = list(range(n))
+        else:
+            # A timestamp from the future (clock skew, garbage) is not a hang.
+            draining = self.draining
+            alive = [i for i, b in enumerate(busy)
+                     if lays[i] == value and not flags[i] & draining and not out >> i & 1
+                     and (b == 0 or now <= b or now - b < thresh)]
         for col in (conns, pending):
             if len(alive) < 3:
                 break
             vals = [col[i] for i in alive]
-            limit = sum(vals) * k
-            n = len(alive) * 1000
-            kept = [i for i, v in zip(alive, vals) if v * n <= limit]
-            if len(kept) >= 2:
-                alive = kept
+            bound = sum(vals) * k // (len(alive) * 1000)   # v * n * 1000 <= sum * k
+            if max(vals) > bound:
+                kept = list(compress(alive, map(bound.__ge__, vals)))
+                if len(kept) >= 2:
+                    alive = kept
         bitmap = 0
         for i in alive:
             bitmap |= 1 << i
