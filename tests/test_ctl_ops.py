@@ -356,7 +356,7 @@ def test_metrics_parse_as_prometheus_text(launcher, capsys):
         one_hot = {lab[1][1]: v for (n, lab), v in s.items()
                    if n == "hermes_worker_state" and lab[0] == ("worker", w)}
         assert one_hot == {st: float(st == state)
-                           for st in ("idle", "busy", "hung", "draining", "restarting")}
+                           for st in ("idle", "busy", "hung", "draining", "starting", "restarting")}
     assert _get(s, "hermes_fallbacks_total", reason="hung") == 5
     assert _get(s, "hermes_fallbacks_total", reason='odd "reason"\\x') == 1   # escaped
     assert _get(s, "hermes_selected_total") == 2233
