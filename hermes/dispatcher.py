@@ -57,6 +57,32 @@ class Dispatcher:
         self.nr_workers = nr_workers
         self.sockets = {}          # slot -> socket
 
+    @classmethod
+    def from_pins(cls, pin_dir, nr_workers, sockets, obj=None, migrate=None):
+        """Re-open a pool another process (a launcher before its re-exec) loaded and
+        pinned at pin_dir, with its sockets {slot: socket}: nothing is loaded again,
+        and the program stays attached to the sockets' reuseport group."""
+        from .bpf.collection import Collection, pin_name
+        from .bpf.maps import Map
+        from .bpf.prog import Program
+        self = cls.__new__(cls)
+        self.layout = Layout.load(obj)
+        self.coll = Collection()
+        try:
+            for name in self.layout.spec.maps:
+                self.coll.maps[name] = Map.from_pin(os.path.join(pin_dir, "maps",
+                                                                 pin_name(name)))
+            self.migrate = has_migrate() if migrate is None else migrate
+            prog = "hermes_migrate" if self.migrate else "hermes_select"
+            self.prog = self.coll.programs[prog] = Program.from_pin(os.path.join(pin_dir, prog))
+            self.state = SharedState.from_collection(self.layout, self.coll)
+        except BaseException:
+            self.coll.close()
+            raise
+        self.nr_workers = nr_workers
+        self.sockets = dict(sockets)
+        return self
+
     def close(self):
         for s in self.sockets.values():
             s.close()

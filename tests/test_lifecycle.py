@@ -165,3 +165,22 @@ def test_scale_down_and_up_under_load_loses_nothing(launcher):
         _steady(1.0)
     assert len(load.results) > 50 and not failures(load.results), failures(load.results)
     assert 3 in {lch.whoami()["worker"] for _ in range(100)}   # the new slot receives
+
+
+def test_launcher_upgrade_in_place_under_load(launcher):
+    """USR2 re-execs the launcher (same pid): sockets, pins and workers carry over."""
+    lch = launcher(workers=3)
+    pids = lch.worker_pids()
+    with Load(lch.port) as load:
+        _steady(0.5)
+        lch.proc.send_signal(signal.SIGUSR2)
+        lch.wait_until(lambda: lch.status()["upgrades"] == 1, what="the re-exec'd launcher")
+        _steady(1.0)
+        lch.proc.send_signal(signal.SIGHUP)       # the new image supervises as the old did
+        lch.wait_until(lambda: not set(pids) & set(lch.worker_pids()), what="a reload")
+        lch.ready()
+        _steady(0.5)
+    assert len(load.results) > 50 and not failures(load.results), failures(load.results)
+    assert lch.status()["pid"] == lch.proc.pid
+    assert lch.stop() == 0
+    assert not os.path.exists("/sys/fs/bpf/hermes/" + lch.name)

@@ -208,6 +208,11 @@ def has_reuseport_migrate():
                   sys.BPF_SK_REUSEPORT_SELECT_OR_MIGRATE)
 
 
+def has_memcg_accounting():
+    """BPF memory charged to memory cgroups, not RLIMIT_MEMLOCK (Linux 5.11)."""
+    return has_helper(sys.BPF_PROG_TYPE_SOCKET_FILTER, BPF_FUNC_ktime_get_coarse_ns)
+
+
 _memlock_checked = False
 
 
@@ -221,7 +226,7 @@ def bump_memlock():
     if _memlock_checked:
         return
     _memlock_checked = True
-    if has_helper(sys.BPF_PROG_TYPE_SOCKET_FILTER, BPF_FUNC_ktime_get_coarse_ns):
+    if has_memcg_accounting():
         return
     import resource
     try:
@@ -264,6 +269,8 @@ FEATURES = (
             "required: CO-RE relocates against /sys/kernel/btf/vmlinux"),
     Feature("mmapable arrays", "5.5", has_mmapable_array,
             "required: the Worker Status Table is shared memory"),
+    Feature("memcg accounting", "5.11", has_memcg_accounting,
+            "BPF memory counts against RLIMIT_MEMLOCK: the loader lifts it (as root)"),
     Feature("bpf_ktime_get_coarse_ns", "5.11",
             lambda: has_helper(sys.BPF_PROG_TYPE_SK_REUSEPORT, BPF_FUNC_ktime_get_coarse_ns),
             "the dispatcher reads the exact clock (CO-RE enum check)"),

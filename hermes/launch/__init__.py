@@ -9,6 +9,7 @@ nothing left behind; a crash loop ends in exit status 1.
 
 import argparse
 import grp
+import json
 import logging
 import os
 import pwd
@@ -104,8 +105,9 @@ def build_parser():
 class Config:
     """The parsed, checked command line."""
 
-    def __init__(self, args):
+    def __init__(self, args, argv=()):
         from .sockets import AddressError, parse_address
+        self.argv = list(argv)          # for USR2's re-exec
         if not args.listen:
             raise ValueError("--listen is required (e.g. --listen :8080)")
         try:
@@ -175,17 +177,27 @@ def setup_logging(path, level):
 
 
 def main(argv=None):
+    from ..bpf import BPFError
+    from ..layout import LayoutError
     from .arbiter import Arbiter, Fatal, LaunchError
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    upgrade = os.environ.pop("HERMES_UPGRADE", None)
     try:
-        cfg = Config(args)
+        cfg = Config(args, argv)
         setup_logging(args.log_file, args.log_level.upper())
     except (ValueError, OSError) as e:
         print("hermes-launch: %s" % e, file=sys.stderr)
         return EXIT_USAGE
     arb = Arbiter(cfg)
     try:
-        arb.setup()
+        if upgrade:
+            try:
+                arb.adopt(json.loads(upgrade))
+            except (BPFError, LayoutError, OSError, ValueError, KeyError) as e:
+                raise Fatal("USR2: cannot take over from the previous launcher: %s" % e) from None
+        else:
+            arb.setup()
         return arb.run()
     except LaunchError as e:
         print("hermes-launch: %s" % e, file=sys.stderr)

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import struct
+import sys
 import time
 
 from .. import __version__, control
@@ -26,6 +27,8 @@ QUICK_EXIT_S = 1.0        # a worker dying sooner than this after start "failed 
 CRASH_LOOP = 5            # that many failed starts in a row: give up
 BACKOFF_MAX_S = 5.0
 TICK_S = 0.5
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN,
+           signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD)
 READY_WAIT_S = 5.0        # a reload moves on after this even if a worker never attaches
 
 
@@ -95,6 +98,7 @@ class Arbiter:
         self.wake_r = self.wake_w = None
         self.observer = None
         self.ready_sent = False
+        self.upgrades = 0
 
     # --- set-up and tear-down ------------------------------------------------------------
     def setup(self):
@@ -254,11 +258,13 @@ class Arbiter:
     def run(self):
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
-                    signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD):
+        for sig in HANDLED:
             signal.signal(sig, self._on_signal)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)    # blocked if we were re-exec'd
+        self._reap()               # children that exited while we were re-exec'ing
         for slot in self.slots:
-            self._start(slot)
+            if slot.pid is None:
+                self._start(slot)
         log.info("serving %s with %d workers, dispatch %s",
                  ", ".join(_sockets.format_address(*a) for a in self.addresses),
                  len(self.slots), self.cfg.dispatch)
@@ -330,6 +336,8 @@ class Arbiter:
                 self.grow()
             elif sig == signal.SIGTTOU:
                 self.shrink()
+            elif sig == signal.SIGUSR2:
+                self.upgrade()
             elif sig == signal.SIGUSR1:
                 self.cfg.reopen_logs()
                 for pid in self._children():
@@ -477,6 +485,86 @@ class Arbiter:
                 log.warning("worker pid %d did not stop in time: killing it", pid)
                 _kill(pid, signal.SIGKILL)
                 self.old[pid] = float("inf")
+
+    # --- replacing the launcher itself -----------------------------------------------------------
+    def upgrade(self):
+        """USR2: re-exec the launcher in place, as a new version of its code.
+
+        Same pid, so the workers stay its children and keep serving; the listening
+        sockets and the control socket pass across exec as fds, the dispatcher as
+        its pins.  Nothing is closed, so no connection notices.  If exec fails the
+        old image carries on.
+        """
+        if self.reloading or self.reload_wait:
+            log.warning("USR2 during a reload: try again when it is done")
+            return
+        keep = [self.ctl.fileno()] + [s.fileno() for slot in self.slots for s in slot.sockets]
+        state = {
+            "ctl": self.ctl.fileno(), "pin_dir": self.pin_dir,
+            "addresses": self.addresses, "uptime": time.monotonic() - self.started,
+            "upgrades": self.upgrades + 1,
+            "old": {str(pid): dl - time.monotonic() for pid, dl in self.old.items()},
+            "slots": [{"id": x.id, "pid": x.pid, "restarts": x.restarts,
+                       "age": time.monotonic() - x.started,
+                       "fds": [s.fileno() for s in x.sockets]} for x in self.slots],
+        }
+        env = dict(os.environ, HERMES_UPGRADE=json.dumps(state))
+        argv = [sys.executable, "-m", "hermes.launch"] + self.cfg.argv
+        log.info("USR2: re-exec %s", " ".join(argv))
+        for fd in keep:
+            os.set_inheritable(fd, True)
+        # Signals stay blocked across exec (the mask is inherited) and pending ones
+        # wait: the new image unblocks them once its handlers are in place.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        try:
+            os.execve(sys.executable, argv, env)
+        except OSError as e:
+            log.error("USR2: cannot re-exec: %s; carrying on", e)
+            for fd in keep:
+                os.set_inheritable(fd, False)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+
+    def adopt(self, state):
+        """The other half of upgrade(): take over what the previous image held."""
+        cfg = self.cfg
+        self.upgrades = state["upgrades"]
+        self.started = time.monotonic() - state["uptime"]
+        self.addresses = [tuple(a) for a in state["addresses"]]
+        self.ctl = socket.socket(fileno=state["ctl"])
+        self.ctl.setblocking(False)
+        os.set_inheritable(self.ctl.fileno(), False)
+        socks = {}
+        for x in state["slots"]:
+            for fd in x["fds"]:
+                if fd not in socks:
+                    socks[fd] = socket.socket(fileno=fd)
+                    os.set_inheritable(fd, False)
+        self.old = {int(pid): time.monotonic() + left for pid, left in state["old"].items()}
+        for x in state["slots"]:
+            slot = Slot(x["id"], [socks[fd] for fd in x["fds"]])
+            slot.pid, slot.restarts = x["pid"], x["restarts"]
+            slot.started = time.monotonic() - x["age"]
+            slot.started_ns = time.monotonic_ns() - int(x["age"] * 1e9)
+            self.slots.append(slot)
+        if cfg.dispatch == "exclusive":
+            self.shared = list(self.slots[0].sockets) if self.slots else []
+        elif cfg.dispatch == "reuseport":
+            self.per_slot = {x.id: list(x.sockets) for x in self.slots}
+        else:
+            from ..dispatcher import Dispatcher
+            self.pin_dir = state["pin_dir"]
+            for k in range(len(self.addresses)):
+                self.dispatchers.append(Dispatcher.from_pins(
+                    os.path.join(self.pin_dir, "listen%d" % k), len(self.slots),
+                    {x.id: x.sockets[k] for x in self.slots}, obj=cfg.obj))
+            if cfg.observe != "off":
+                from .observe import Observer
+                self.observer = Observer(self.dispatchers[0].state, cfg.observe_interval,
+                                         accept_queue)
+                for slot in self.slots:
+                    if slot.pid:
+                        self.observer.track(slot.id, slot.pid, slot.sockets)
+        log.info("USR2: took over %d workers (upgrade %d)", len(self.slots), self.upgrades)
 
     # --- operations ----------------------------------------------------------------------------
     def stop(self, how):
@@ -632,6 +720,7 @@ class Arbiter:
                "dispatch": self.cfg.dispatch,
                "listen": [_sockets.format_address(*a) for a in self.addresses],
                "uptime_s": round(time.monotonic() - self.started, 3),
+               "upgrades": self.upgrades,
                "policy": self._policy(), "workers": [], "fallbacks": {}, "selected": None,
                "warnings": []}
         st = self.dispatchers[0].state if self.dispatchers else None
