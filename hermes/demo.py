@@ -235,7 +235,8 @@ def fill(n):
 
 # --- the server ------------------------------------------------------------------------
 class Conn:
-    __slots__ = ("sock", "fd", "inbuf", "out", "out_len", "eof", "closing", "open", "mask")
+    __slots__ = ("sock", "fd", "inbuf", "out", "out_len", "eof", "closing", "served", "open",
+                 "mask")
 
     def __init__(self, sock):
         self.sock, self.fd = sock, sock.fileno()
@@ -244,11 +245,15 @@ class Conn:
         self.out_len = 0
         self.eof = False                  # the peer has finished sending
         self.closing = False              # close once `out` is sent; serve no more
+        self.served = 0                   # requests answered on this connection
         self.open = True
         self.mask = _IN
 
     def idle(self):
-        return not self.inbuf and not self.out and not self.closing
+        """Between requests on a kept-alive connection.  A new connection that has
+        not sent its first request yet is not idle: a stopping worker still owes it
+        an answer (its client sent, or is sending, a request to an open listener)."""
+        return self.served and not self.inbuf and not self.out and not self.closing
 
 
 class Server:
@@ -430,6 +435,7 @@ class Server:
             pos = req.end
             keep = req.keep and self.deadline is None
             self._queue(c, self._handle(req, keep))
+            c.served += 1
             # Send as we go: a pipelined client sees each answer as soon as it exists.
             if not self._send(c):
                 return

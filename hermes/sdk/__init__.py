@@ -121,8 +121,10 @@ class Worker:
         lay = self.state.layout
         w = self._w
         if w is not _SINK and w[lay.slot_word(self.slot, "pid")] == os.getpid():
-            w[lay.slot_word(self.slot, "layout")] = 0
-            w[self._busy] = 0
+            w[lay.slot_word(self.slot, "layout")] = 0     # out of the pool first,
+            w[self._busy] = 0                            # then claim no load
+            w[self._pending] = 0
+            w[self._conns] = 0
         self._w = _SINK
         self._sched = _NoScheduler
 

@@ -347,8 +347,11 @@ static inline void hermes_detach(struct hermes_worker *w)
 	if (!w->self)
 		return;
 	if (hermes_load(&w->self->pid) == (__u64)getpid()) {
+		/* Out of the pool first, then claim no load: the slot is handed over. */
 		hermes_store(&w->self->layout, 0);
 		hermes_store(&w->self->busy_since_ns, 0);
+		hermes_store(&w->self->pending, 0);
+		hermes_store(&w->self->conns, 0);
 	}
 	hermes_unmap(w);
 }
