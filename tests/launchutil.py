@@ -3,6 +3,7 @@
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -129,3 +130,5 @@ def reap(launcher):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    # A launcher that had to be killed could not remove its pins: ours to remove.
+    shutil.rmtree(os.path.join("/sys/fs/bpf/hermes", launcher.name), ignore_errors=True)
