@@ -226,3 +226,35 @@ def test_workers_run_as_the_given_user(launcher):
         caps = [l for l in open("/proc/%d/status" % pid) if l.startswith("CapEff:")][0]
         assert int(caps.split()[1], 16) == 0
     assert lch.get("/")[0] == 200
+
+
+def test_kill_timeout_replaces_a_stuck_worker(launcher):
+    lch = launcher("--kill-timeout", "0.5", workers=2)
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", lch.port, timeout=30)
+    c.request("GET", "/whoami")
+    victim = json.loads(c.getresponse().read())
+    c.request("GET", "/work?block_ms=20000")
+    with pytest.raises((http.client.HTTPException, OSError)):
+        c.getresponse().read()                  # killed mid-request: no answer
+    c.close()
+    lch.wait_until(lambda: lch.status()["workers"][victim["worker"]]["restarts"] == 1,
+                   what="the replacement")
+    lch.ready()
+    assert lch.status()["workers"][victim["worker"]]["pid"] != victim["pid"]
+
+
+def test_private_files_and_who_may_read_them(launcher):
+    lch = launcher(workers=1)
+    pin = "/sys/fs/bpf/hermes/" + lch.name
+    assert os.stat(pin).st_mode & 0o777 == 0o700
+    assert os.stat(os.path.join(pin, "listen0", "maps", "hermes_wst")).st_mode & 0o777 == 0o600
+    sock = os.path.join(lch.env["HERMES_RUN_DIR"], lch.name + ".sock")
+    assert os.stat(sock).st_mode & 0o777 == 0o600
+    os.chmod(lch.env["HERMES_RUN_DIR"], 0o755)           # let nobody reach the socket itself
+    r = subprocess.run(["/usr/bin/python3", "-m", "hermes.ctl", "--name", lch.name, "status"],
+                       cwd=ROOT, env=lch.env, capture_output=True, text=True, timeout=30,
+                       preexec_fn=_as_nobody)
+    assert r.returncode == 2
+    line, = r.stderr.strip().splitlines()
+    assert "permission denied" in line, line
