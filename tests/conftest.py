@@ -78,3 +78,26 @@ def pin_dir(bpf):
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def fds(bpf):
+    """Asserts the test closed every fd it opened."""
+    before = len(os.listdir("/proc/self/fd"))
+    yield
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.fixture
+def launcher(bpf, tmp_path):
+    """launcher(*args, workers=, dispatch=, command=) -> a running hermes-launch,
+    ready; stopped (and its workers and pins removed) after the test."""
+    from launchutil import reap, start
+    made = []
+
+    def make(*args, **kw):
+        made.append(start(tmp_path, *args, **kw))
+        return made[-1]
+    yield make
+    for lch in made:
+        reap(lch)

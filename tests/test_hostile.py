@@ -4,21 +4,8 @@ import os
 import socket
 import sys
 
-import pytest
 
-from launchutil import ROOT, reap, start
-
-
-@pytest.fixture
-def launcher(bpf, tmp_path):
-    made = []
-
-    def make(*args, **kw):
-        made.append(start(tmp_path, *args, **kw))
-        return made[-1]
-    yield make
-    for lch in made:
-        reap(lch)
+from launchutil import ROOT
 
 
 def test_garbage_in_shared_memory_drops_nothing(launcher):

@@ -11,19 +11,7 @@ import time
 
 import pytest
 
-from launchutil import ROOT, reap, start
-
-
-@pytest.fixture
-def launcher(bpf, tmp_path):
-    made = []
-
-    def make(*args, **kw):
-        made.append(start(tmp_path, *args, **kw))
-        return made[-1]
-    yield make
-    for lch in made:
-        reap(lch)
+from launchutil import ROOT
 
 
 def test_serves_from_every_worker(launcher):

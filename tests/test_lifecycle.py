@@ -12,9 +12,8 @@ import sys
 import threading
 import time
 
-import pytest
 
-from launchutil import ROOT, reap, start
+from launchutil import ROOT
 
 BUDGET_S = 2.0
 
@@ -66,18 +65,6 @@ class Load:
 
 def failures(results):
     return [r[2] for r in results if not r[1]]
-
-
-@pytest.fixture
-def launcher(bpf, tmp_path):
-    made = []
-
-    def make(*args, **kw):
-        made.append(start(tmp_path, *args, **kw))
-        return made[-1]
-    yield make
-    for lch in made:
-        reap(lch)
 
 
 def _steady(seconds):

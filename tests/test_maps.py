@@ -11,18 +11,6 @@ from hermes.bpf.errors import BPFError, SyscallError
 from hermes.bpf.maps import Map, possible_cpus
 
 
-def _fds():
-    return len(os.listdir("/proc/self/fd"))
-
-
-@pytest.fixture
-def fds(bpf):
-    """Asserts the test closed every fd it opened."""
-    before = _fds()
-    yield
-    assert _fds() == before
-
-
 def u32(n):
     return struct.pack("=I", n)
 

@@ -9,6 +9,7 @@ import os
 from . import pin as _pin
 from . import sys
 from .errors import BPFError, SyscallError
+from .fd import FD
 
 
 @functools.lru_cache(maxsize=None)
@@ -26,7 +27,7 @@ def _round8(n):
     return (n + 7) & ~7
 
 
-class Map:
+class Map(FD):
     """An fd to a kernel map, with the attributes it was created with."""
 
     def __init__(self, fd, name, map_type, key_size, value_size, max_entries, flags=0):
@@ -186,7 +187,7 @@ class Map:
     # --- pinning and lifetime -------------------------------------------------------
     def pin(self, path):
         self._check_open("pin")
-        _pin.pin(self.fd, path)
+        FD.pin(self, path)
 
     def close(self):
         """Release the mapping and the fd; safe to call twice."""
@@ -206,18 +207,6 @@ class Map:
         if busy:
             raise BPFError("map %s: close: views derived from mmap() are still alive"
                            % self.name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self):
         return "Map(%r, fd=%d, type=%d, key=%d, value=%d, entries=%d)" % (

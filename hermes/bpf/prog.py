@@ -7,12 +7,13 @@ import os
 from . import pin as _pin
 from . import sys
 from .errors import BPFError, SyscallError, VerifierError
+from .fd import FD
 
 # Where the verifier log buffer starts; it grows 4x on ENOSPC (sys.LOG_LIMIT).
 LOG_START = sys.LOG_START
 
 
-class Program:
+class Program(FD):
     """An fd to a loaded program."""
 
     def __init__(self, fd, name, prog_type):
@@ -110,25 +111,10 @@ class Program:
             return attr.retval, dout.raw[:attr.data_size_out], attr.duration
         raise SyscallError(op, errno.ENOSPC, "output kept growing")
 
-    def pin(self, path):
-        _pin.pin(self.fd, path)
-
     def close(self):
         fd, self.fd = self.fd, -1
         if fd >= 0:
             os.close(fd)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self):
         return "Program(%r, fd=%d, type=%d)" % (self.name, self.fd, self.type)
