@@ -73,3 +73,11 @@ bench-quick: all bench-deps
 
 soak: all
 	$(PYTHON) bench/run soak --minutes $(or $(SOAK_MINUTES),10)
+
+# Kernel matrix (tests/kernels/run): the privileged loader and dispatcher tests and
+# a launcher smoke test on Debian's kernels in qemu (TCG when nested KVM fails),
+# and on the running kernel ("host").  Kernels are cached in /var/cache/hermes-kernels.
+KERNELS ?= 5.10 6.1 6.12 host
+.PHONY: test-kernels
+test-kernels: all test-objs
+	KERNELS="$(KERNELS)" PYTHON=$(PYTHON) tests/kernels/run
