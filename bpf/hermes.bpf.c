@@ -173,7 +173,8 @@ static __always_inline __u32 locality_hash(struct sk_reuseport_md *md)
 
 static __always_inline int dispatch(struct sk_reuseport_md *md, int migrating)
 {
-	__u32 zero = 0, g, n, worker, i;
+	__u32 zero = 0, n, worker, i;
+	__u64 g;	/* 64-bit: the register checked below is the one indexing */
 	struct hermes_sched *s;
 	struct hermes_slot *slot;
 	__u64 bitmap, now, stamp, ngroups;
@@ -192,6 +193,9 @@ static __always_inline int dispatch(struct sk_reuseport_md *md, int migrating)
 			  locality_hash(md) : mix(md->hash);
 		g = scale(h, ngroups);
 	}
+	/* Opaque to the compiler, so this check stays: Linux 5.10's verifier
+	 * cannot bound g through scale()'s multiply-shift by itself. */
+	asm volatile("" : "+r"(g));
 	if (g >= HERMES_MAX_GROUPS)
 		return fallback(HERMES_STAT_NO_STATE);
 

@@ -423,9 +423,11 @@ def test_groups_locality(pool, net):
 
 # --- migrate ---------------------------------------------------------------------------
 def test_migrate_closing_listener_loses_nothing(pool, net):
-    from hermes.dispatcher import has_migrate
-    if not has_migrate():
-        pytest.skip("sk_reuseport/migrate needs Linux 5.14")
+    from hermes.bpf import NotSupported, features
+    try:
+        features.require("sk_reuseport/migrate")
+    except NotSupported as e:
+        pytest.skip(str(e))         # "...: not supported: needs Linux 5.14"
     d = pool(4)
     assert d.migrate
     for w in workers(d):

@@ -171,3 +171,15 @@ def test_launcher_upgrade_in_place_under_load(launcher):
     assert lch.status()["pid"] == lch.proc.pid
     assert lch.stop() == 0
     assert not os.path.exists("/sys/fs/bpf/hermes/" + lch.name)
+
+
+def test_scale_down_without_migrate_loses_nothing(launcher):
+    """Before Linux 5.14 there is no sk_reuseport/migrate: the removed listener
+    stays open until its worker has drained its queue."""
+    lch = launcher("--no-migrate", workers=3)
+    with Load(lch.port) as load:
+        _steady(0.5)
+        lch.proc.send_signal(signal.SIGTTOU)
+        lch.wait_until(lambda: len(lch.worker_pids()) == 2, what="two workers")
+        _steady(1.5)
+    assert len(load.results) > 50 and not failures(load.results), failures(load.results)

@@ -18,6 +18,10 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OBJECTS = ["globals", "maps", "subprogs", "sections"]
+# Kernel features (hermes.bpf.features) an object needs: on a kernel without
+# them libbpf fails to load it too, so the comparison is skipped with the
+# probe's "not supported: needs Linux X.Y".
+NEEDS = {"subprogs": ["bpf_loop"], "sections": ["sk_reuseport/migrate"]}
 CORE_OBJECTS = sorted(os.path.basename(p)[:-len(".bpf.c")]
                       for p in glob.glob(os.path.join(ROOT, "tests/bpf/core_*.bpf.c")))
 
@@ -248,7 +252,17 @@ def by_name_maps(obj):
     return [m["name"] for m in json.loads(r.stdout)["maps"] if m.get("pinning")]
 
 
+def require(name):
+    from hermes.bpf import NotSupported, features
+    for feature in NEEDS.get(name, ()):
+        try:
+            features.require(feature)
+        except NotSupported as e:
+            pytest.skip(str(e))
+
+
 def compare(pin_dir, packets, obj, by_name_pins, python=sys.executable):
+    require(os.path.basename(obj)[:-len(".bpf.o")])
     by_name_pins.extend(by_name_maps(obj))
     a, b = os.path.join(pin_dir, "libbpf"), os.path.join(pin_dir, "hermes")
     libbpf_load(obj, a)

@@ -195,6 +195,8 @@ def has_helper(prog_type, helper_id):
                 asm.call(helper_id), asm.mov64_imm(0, _SK_PASS), asm.exit())):
             return True
     except VerifierError as e:
+        if e.errno not in (errno.EINVAL, errno.EACCES):
+            raise           # not the verifier's answer (EPERM: no privilege, or memlock)
         return not ("invalid func " in e.log or "unknown func " in e.log)
 
 
@@ -210,7 +212,14 @@ def has_reuseport_migrate():
 
 def has_memcg_accounting():
     """BPF memory charged to memory cgroups, not RLIMIT_MEMLOCK (Linux 5.11)."""
-    return has_helper(sys.BPF_PROG_TYPE_SOCKET_FILTER, BPF_FUNC_ktime_get_coarse_ns)
+    try:
+        return has_helper(sys.BPF_PROG_TYPE_SOCKET_FILTER, BPF_FUNC_ktime_get_coarse_ns)
+    except SyscallError as e:
+        if e.errno == errno.EPERM and os.geteuid() == 0:
+            # Root refused a one-page program: the user's locked memory (shared
+            # by every root process before 5.11) is over the limit already.
+            return False
+        raise
 
 
 _memlock_checked = False

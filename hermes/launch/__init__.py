@@ -96,6 +96,8 @@ def build_parser():
                    choices=("debug", "info", "warning", "error"),
                    help="default: %(default)s")
     p.add_argument("--obj", metavar="PATH", help=argparse.SUPPRESS)
+    # Behave as on a kernel before 5.14 (no sk_reuseport/migrate): for tests.
+    p.add_argument("--no-migrate", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version="hermes-launch " + __version__)
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND",
                    help="the worker command (after --)")
@@ -133,6 +135,7 @@ class Config:
         self.backlog = args.backlog
         self.pidfile = args.pidfile
         self.obj = args.obj
+        self.migrate = False if args.no_migrate else None
         self.log_file = args.log_file
         cmd = args.command
         if cmd and cmd[0] == "--":

@@ -91,6 +91,7 @@ class Arbiter:
         self.stopping = None      # None | "graceful" | "fast"
         self.reloading = []       # slots still to replace in a HUP reload
         self.reload_wait = None   # (slot, deadline): its new worker is starting
+        self.draining = []        # (slot, deadline): removed by TTOU, queue not yet empty
         self.signals = []
         self.ctl = None
         self.pin_dir = None
@@ -162,7 +163,7 @@ class Arbiter:
         try:
             for k, (fam, host, port) in enumerate(cfg.listen):
                 d = Dispatcher(n, obj=cfg.obj, share=self.dispatchers[0] if k else None,
-                               **cfg.policy)
+                               migrate=cfg.migrate, **cfg.policy)
                 self.dispatchers.append(d)
                 try:
                     port = d.listen(host, port, cfg.backlog)
@@ -184,6 +185,9 @@ class Arbiter:
             raise LaunchError("cannot load the dispatcher: %s" % msg) from None
         for i in range(n):
             self.slots.append(Slot(i, [d.sockets[i] for d in self.dispatchers]))
+        if not self.dispatchers[0].migrate:
+            log.warning("sk_reuseport/migrate: not supported: needs Linux 5.14; a listener "
+                        "removed by TTOU stays open until its queue drains")
         if cfg.observe != "off":
             from .observe import Observer
             self.observer = Observer(self.dispatchers[0].state, cfg.observe_interval,
@@ -235,6 +239,9 @@ class Arbiter:
             self.observer.close()
         for d in self.dispatchers:
             d.close()
+        for slot, _ in self.draining:
+            for sock in slot.sockets:
+                sock.close()
         for s in self.shared + [s for socks in getattr(self, "per_slot", {}).values()
                                 for s in socks]:
             s.close()
@@ -303,6 +310,7 @@ class Arbiter:
                 self._watch()
                 self._check_hangs()
                 self._enforce_deadlines()
+                self._finish_draining()
             if self.ctl in ready:
                 self._serve_control()
 
@@ -344,7 +352,8 @@ class Arbiter:
                     _kill(pid, signal.SIGUSR1)
 
     def _children(self):
-        return [s.pid for s in self.slots if s.pid] + list(self.old)
+        return [s.pid for s in self.slots + [x for x, _ in self.draining] if s.pid] + \
+            list(self.old)
 
     # --- workers ------------------------------------------------------------------------------
     def _start(self, slot):
@@ -556,7 +565,8 @@ class Arbiter:
             for k in range(len(self.addresses)):
                 self.dispatchers.append(Dispatcher.from_pins(
                     os.path.join(self.pin_dir, "listen%d" % k), len(self.slots),
-                    {x.id: x.sockets[k] for x in self.slots}, obj=cfg.obj))
+                    {x.id: x.sockets[k] for x in self.slots}, obj=cfg.obj,
+                    migrate=cfg.migrate))
             if cfg.observe != "off":
                 from .observe import Observer
                 self.observer = Observer(self.dispatchers[0].state, cfg.observe_interval,
@@ -574,7 +584,7 @@ class Arbiter:
         sd_notify("STOPPING=1")
         self.stopping = how
         timeout = self.cfg.graceful_timeout if how == "graceful" else 1.0
-        for slot in self.slots:
+        for slot in self.slots + [x for x, _ in self.draining]:
             if slot.pid:
                 self.old[slot.pid] = time.monotonic() + timeout
                 _kill(slot.pid, signal.SIGTERM if how == "graceful" else signal.SIGINT)
@@ -651,17 +661,36 @@ class Arbiter:
             self.observer.forget(slot.id)
         if slot in self.reloading:
             self.reloading.remove(slot)
-        if slot.pid:
-            self._retire(slot.pid, self.cfg.graceful_timeout)
-        if self.dispatchers:
-            for d in self.dispatchers:
-                d.remove_socket(slot.id)
-                d.resize(len(self.slots))
-        if self.cfg.dispatch != "exclusive":
+        for d in self.dispatchers:
+            d.remove_socket(slot.id)
+            d.resize(len(self.slots))
+        getattr(self, "per_slot", {}).pop(slot.id, None)
+        if self.cfg.dispatch == "exclusive":
+            if slot.pid:                       # its sockets are everyone's: keep them
+                self._retire(slot.pid, self.cfg.graceful_timeout)
+        elif self.dispatchers and not self.dispatchers[0].migrate:
+            # No sk_reuseport/migrate (before 5.14): closing the listener would reset
+            # its queue.  Out of dispatch now; its worker drains the queue, and both
+            # go once it is empty (or the graceful timeout passes).
+            self.draining.append((slot, time.monotonic() + self.cfg.graceful_timeout))
+        else:
+            if slot.pid:
+                self._retire(slot.pid, self.cfg.graceful_timeout)
             for s in slot.sockets:
-                s.close()      # with sk_reuseport/migrate its queue moves to live listeners
-            getattr(self, "per_slot", {}).pop(slot.id, None)
+                s.close()      # sk_reuseport/migrate moves its queue to live listeners
         log.info("workers: %d", len(self.slots))
+
+    def _finish_draining(self):
+        now = time.monotonic()
+        for item in list(self.draining):
+            slot, deadline = item
+            if now < deadline and any(accept_queue(s) for s in slot.sockets):
+                continue
+            self.draining.remove(item)
+            if slot.pid:
+                self._retire(slot.pid, self.cfg.graceful_timeout)
+            for s in slot.sockets:
+                s.close()
 
     # --- control socket ------------------------------------------------------------------------
     def _serve_control(self):
