@@ -34,7 +34,8 @@ Signals: TERM stops gracefully: the listeners leave the poll set and our copies 
 their fds are closed (the sockets themselves belong to the launcher and stay
 open), the worker marks itself draining, requests already received are answered
 (with `Connection: close`), idle connections are closed, and the process exits 0
-when no connection is left or the timeout has passed.  INT and QUIT exit at once.
+when no connection is left or the timeout has passed.  INT and QUIT kill it at
+once (the kernel's default action: no core file).
 """
 
 import argparse
@@ -42,6 +43,7 @@ import collections
 import errno
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -278,8 +280,12 @@ class Server:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         self.ep.register(self._wake_r, _IN)
         signal.signal(signal.SIGTERM, self._on_term)
-        signal.signal(signal.SIGINT, _exit_now)
-        signal.signal(signal.SIGQUIT, _exit_now)
+        # INT and QUIT kill at once in the kernel, not through a Python handler: one
+        # arriving just before a blocking call (block_ms) would only run after it.
+        # QUIT's default also dumps core, which a demo worker has no use for.
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
     def _on_term(self, signum, frame):
         self.stopping = True
@@ -513,10 +519,6 @@ def _drain_pipe(fd):
             pass
     except (BlockingIOError, InterruptedError):
         pass
-
-
-def _exit_now(signum, frame):
-    os._exit(0)
 
 
 # --- entry point -----------------------------------------------------------------------

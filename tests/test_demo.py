@@ -465,7 +465,7 @@ def test_int_and_quit_exit_at_once(spawn, sig):
         Reader(s).response()                  # serving, signal handlers in place
         s.sendall(b"GET /work?block_ms=60000 HTTP/1.1\r\n\r\n")
         t0 = time.monotonic()
-        assert d.stop(sig) == 0
+        assert d.stop(sig) == -sig        # killed by the kernel, no handler race
         assert time.monotonic() - t0 < 5      # not after the 60 s block
         assert closed_by_peer(s)
     finally:
