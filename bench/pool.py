@@ -103,15 +103,7 @@ class Pool:
     # -- inspection
     def status(self):
         from hermes import control
-        old = os.environ.get("HERMES_RUN_DIR")
-        os.environ["HERMES_RUN_DIR"] = self.env["HERMES_RUN_DIR"]
-        try:
-            return control.request(self.name, "status")
-        finally:
-            if old is None:
-                os.environ.pop("HERMES_RUN_DIR", None)
-            else:
-                os.environ["HERMES_RUN_DIR"] = old
+        return control.request(self.name, "status", run_dir=self.env["HERMES_RUN_DIR"])
 
     def worker_pids(self):
         return [w["pid"] for w in self.status()["workers"]]

@@ -29,8 +29,8 @@ def run_dir():
     return os.environ.get("HERMES_RUN_DIR", RUN_DIR)
 
 
-def socket_path(name):
-    return os.path.join(run_dir(), name + ".sock")
+def socket_path(name, directory=None):
+    return os.path.join(directory or run_dir(), name + ".sock")
 
 
 def check_name(name):
@@ -39,8 +39,10 @@ def check_name(name):
     return name
 
 
-def request(name, cmd, **args):
-    path = socket_path(check_name(name))
+def request(name, cmd, run_dir=None, **args):
+    """Send one command to launcher `name` (its socket in run_dir, by default
+    $HERMES_RUN_DIR or /run/hermes) and return the reply."""
+    path = socket_path(check_name(name), run_dir)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(TIMEOUT_S)
     try:

@@ -11,6 +11,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:          # bench/ scripts import this too
+    sys.path.insert(0, ROOT)
 
 
 class Launcher:
@@ -30,17 +32,8 @@ class Launcher:
         return r
 
     def status(self):
-        sys.path.insert(0, ROOT)
         from hermes import control
-        old = os.environ.get("HERMES_RUN_DIR")
-        os.environ["HERMES_RUN_DIR"] = self.env["HERMES_RUN_DIR"]
-        try:
-            return control.request(self.name, "status")
-        finally:
-            if old is None:
-                os.environ.pop("HERMES_RUN_DIR")
-            else:
-                os.environ["HERMES_RUN_DIR"] = old
+        return control.request(self.name, "status", run_dir=self.env["HERMES_RUN_DIR"])
 
     def ready(self, n=None):
         """Wait until n workers (all, by default) run and have attached."""
