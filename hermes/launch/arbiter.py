@@ -87,6 +87,7 @@ class Arbiter:
         self.addresses = []       # (family, host, port) after binding
         self.dispatchers = []
         self.shared = []          # exclusive mode: one socket per address
+        self.per_slot = {}        # reuseport mode: slot -> its sockets, one per address
         self.old = {}             # pid -> deadline of workers told to stop
         self.stopping = None      # None | "graceful" | "fast"
         self.reloading = []       # slots still to replace in a HUP reload
@@ -148,7 +149,7 @@ class Arbiter:
 
     def _bind_slots(self, fam, host, port, n):
         """reuseport mode: one listener per slot, all on one port."""
-        socks = self.per_slot = getattr(self, "per_slot", {})
+        socks = self.per_slot
         for i in range(n):
             s = self._bind(fam, host, port, reuseport=True)
             port = s.getsockname()[1]
@@ -242,7 +243,7 @@ class Arbiter:
         for slot, _ in self.draining:
             for sock in slot.sockets:
                 sock.close()
-        for s in self.shared + [s for socks in getattr(self, "per_slot", {}).values()
+        for s in self.shared + [s for socks in self.per_slot.values()
                                 for s in socks]:
             s.close()
         if self.pin_dir:
@@ -664,7 +665,7 @@ class Arbiter:
         for d in self.dispatchers:
             d.remove_socket(slot.id)
             d.resize(len(self.slots))
-        getattr(self, "per_slot", {}).pop(slot.id, None)
+        self.per_slot.pop(slot.id, None)
         if self.cfg.dispatch == "exclusive":
             if slot.pid:                       # its sockets are everyone's: keep them
                 self._retire(slot.pid, self.cfg.graceful_timeout)
