@@ -124,4 +124,5 @@ def reap(launcher):
         except ProcessLookupError:
             pass
     # A launcher that had to be killed could not remove its pins: ours to remove.
-    shutil.rmtree(os.path.join("/sys/fs/bpf/hermes", launcher.name), ignore_errors=True)
+    from hermes.control import PIN_ROOT
+    shutil.rmtree(os.path.join(PIN_ROOT, launcher.name), ignore_errors=True)

@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from hermes.control import PIN_ROOT
+
 from launchutil import ROOT
 
 
@@ -103,7 +105,7 @@ def test_blocked_worker_is_dispatched_less(launcher):
 def test_term_leaves_nothing(launcher):
     lch = launcher(workers=2)
     pids = lch.worker_pids()
-    pin = "/sys/fs/bpf/hermes/" + lch.name
+    pin = PIN_ROOT + "/" + lch.name
     assert os.path.isdir(pin)
     assert lch.stop() == 0
     assert not os.path.exists(pin)
@@ -156,7 +158,7 @@ def _bad(tmp_path, *args):
     assert r.returncode == 2, r
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-    assert not os.path.exists("/sys/fs/bpf/hermes/" + name)
+    assert not os.path.exists(PIN_ROOT + "/" + name)
     assert not os.path.exists(os.path.join(str(tmp_path), name + ".sock"))
     return lines[0]
 
@@ -234,7 +236,7 @@ def test_kill_timeout_replaces_a_stuck_worker(launcher):
 
 def test_private_files_and_who_may_read_them(launcher):
     lch = launcher(workers=1)
-    pin = "/sys/fs/bpf/hermes/" + lch.name
+    pin = PIN_ROOT + "/" + lch.name
     assert os.stat(pin).st_mode & 0o777 == 0o700
     assert os.stat(os.path.join(pin, "listen0", "maps", "hermes_wst")).st_mode & 0o777 == 0o600
     sock = os.path.join(lch.env["HERMES_RUN_DIR"], lch.name + ".sock")

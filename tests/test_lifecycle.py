@@ -13,6 +13,7 @@ import threading
 import time
 
 
+from hermes.control import PIN_ROOT
 from launchutil import ROOT
 
 BUDGET_S = 2.0
@@ -170,7 +171,7 @@ def test_launcher_upgrade_in_place_under_load(launcher):
     assert len(load.results) > 50 and not failures(load.results), failures(load.results)
     assert lch.status()["pid"] == lch.proc.pid
     assert lch.stop() == 0
-    assert not os.path.exists("/sys/fs/bpf/hermes/" + lch.name)
+    assert not os.path.exists(PIN_ROOT + "/" + lch.name)
 
 
 def test_scale_down_without_migrate_loses_nothing(launcher):
