@@ -49,12 +49,13 @@ def _block_one(lch, seconds):
     return victim, t
 
 
-def _requests(lch, n):
-    """n one-shot requests with a 1 s budget: (served by, failures)."""
+def _requests(lch, n, budget=2):
+    """n one-shot requests with a 2 s budget: (served by, failures).  The blocked
+    worker still has more than that to sleep, so one sent to it fails."""
     served, failed = [], 0
     for _ in range(n):
         try:
-            c = http.client.HTTPConnection("127.0.0.1", lch.port, timeout=1)
+            c = http.client.HTTPConnection("127.0.0.1", lch.port, timeout=budget)
             c.request("GET", "/", headers={"Connection": "close"})
             served.append(json.loads(c.getresponse().read())["worker"])
             c.close()
@@ -71,8 +72,10 @@ def test_observed_uvicorn_avoids_a_blocked_worker(uvicorn):
     lch.wait_until(lambda: lch.status()["workers"][victim]["state"] == "hung",
                    what="the blocked worker seen as hung")
     served, failed = _requests(lch, 60)
+    st = lch.status()
     t.join()
-    assert failed == 0 and victim not in served, (failed, served)
+    assert failed == 0 and victim not in served, (failed, served, st["fallbacks"],
+                                                  [w["state"] for w in st["workers"]])
     assert len(set(served)) == 3
 
 
